@@ -1,0 +1,211 @@
+"""The study's models, Keras 3 functional API. Sizes are arguments; defaults are the study's.
+
+Output layers are named so losses, metrics and `model.summary()` read the same everywhere:
+`reconstruction` (sigmoid image in [0, 1]) and `label` (softmax over 10 classes); encoders end in `features`.
+"""
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+IMAGE_SHAPE = (32, 32, 3)
+NUM_CLASSES = 10
+
+
+# --------------------------------------------------------------------------- building blocks
+
+@keras.saving.register_keras_serializable("cifar_ae")
+class TiedConv2D(layers.Layer):
+    """A 'same' conv whose kernel is reused, transposed, by the decoder (weight tying).
+
+    Call it forward in the encoder and with ``transpose=True`` in the decoder: one layer used twice,
+    so Keras saves and loads the tie like any shared layer. Each direction has its own bias.
+    """
+
+    def __init__(self, filters, kernel_size=3, activation=None, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size = int(filters), int(kernel_size)
+        self.activation = keras.activations.get(activation)
+
+    def build(self, input_shape):
+        cin = input_shape[-1]
+        k = self.kernel_size
+        self.kernel = self.add_weight(name="kernel", shape=(k, k, cin, self.filters), initializer="glorot_uniform")
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+        self.transpose_bias = self.add_weight(name="transpose_bias", shape=(cin,), initializer="zeros")
+
+    def call(self, x, transpose=False, strides=1, activation=None):
+        if not transpose:
+            return self.activation(ops.conv(x, self.kernel, strides=1, padding="same") + self.bias)
+        y = ops.conv_transpose(x, self.kernel, strides=strides, padding="same") + self.transpose_bias
+        return keras.activations.get(activation)(y)
+
+    def compute_output_spec(self, x, transpose=False, strides=1, activation=None):
+        b, h, w, _ = x.shape
+        if not transpose:
+            return keras.KerasTensor((b, h, w, self.filters), dtype=self.compute_dtype)
+        s = int(strides)
+        return keras.KerasTensor((b, None if h is None else h * s, None if w is None else w * s,
+                                  self.kernel.shape[2]), dtype=self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+                "activation": keras.activations.serialize(self.activation)}
+
+
+def conv_bn_relu(x, filters, name, batchnorm=True, conv=None):
+    """Conv 3x3 'same' -> (BatchNorm) -> ReLU. `conv` lets a TiedConv2D stand in for the Conv2D."""
+    conv = conv or layers.Conv2D(filters, 3, padding="same", use_bias=not batchnorm, name=f"{name}_conv")
+    x = conv(x)
+    if batchnorm:
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def classifier_head(x, dense_units=(), dropout=0.5, name="label"):
+    """Flatten -> [Dense -> Dropout]* -> Dense softmax named `label` (float32 even under mixed precision)."""
+    x = layers.Flatten(name="head_flatten")(x)
+    for i, units in enumerate(dense_units):
+        x = layers.Dense(units, activation="relu", name=f"head_dense{i + 1}")(x)
+        x = layers.Dropout(dropout, name=f"head_dropout{i + 1}")(x)
+    return layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name=name)(x)
+
+
+def cnn_blocks(x, filters=(128, 128), convs_per_block=2, dropout=0.3, prefix="cls"):
+    """VGG-style blocks: `convs_per_block` conv-BN-ReLU, then max-pool and dropout, per entry of `filters`."""
+    for b, f in enumerate(filters):
+        for c in range(convs_per_block):
+            x = conv_bn_relu(x, f, name=f"{prefix}{b + 1}_{c + 1}")
+        x = layers.MaxPooling2D(name=f"{prefix}{b + 1}_pool")(x)
+        x = layers.Dropout(dropout, name=f"{prefix}{b + 1}_dropout")(x)
+    return x
+
+
+# --------------------------------------------------------------------------- v0: MLP autoencoder
+
+def mlp_autoencoder(code_units=768, input_shape=IMAGE_SHAPE):
+    """Flatten -> Dense(768, relu) -> BatchNorm (= `features`) -> Dense(3072, sigmoid) -> image."""
+    inputs = keras.Input(input_shape, name="image")
+    x = layers.Flatten(name="flatten")(inputs)
+    x = layers.Dense(code_units, activation="relu", name="code")(x)
+    features = layers.BatchNormalization(name="features")(x)
+    x = layers.Dense(int(input_shape[0] * input_shape[1] * input_shape[2]), activation="sigmoid", name="decoder_dense")(features)
+    outputs = layers.Reshape(input_shape, dtype="float32", name="reconstruction")(x)
+    return keras.Model(inputs, outputs, name="mlp_autoencoder")
+
+
+def dense_classifier(encoder, units=(512,), dropout=0.5):
+    """Dense layers on a frozen encoder's feature vector (v0)."""
+    x = encoder.output
+    for i, u in enumerate(units):
+        x = layers.Dense(u, activation="relu", name=f"dense{i + 1}")(x)
+        x = layers.Dropout(dropout, name=f"dropout{i + 1}")(x)
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="label")(x)
+    return keras.Model(encoder.input, outputs, name="dense_classifier")
+
+
+def conv1d_classifier(encoder, filters=(32, 64), kernel_size=3, dense_units=128, dropout=0.5):
+    """1D convolutions along the feature vector, treated as a 1-channel sequence (v0)."""
+    x = layers.Reshape((-1, 1), name="as_sequence")(encoder.output)
+    for i, f in enumerate(filters):
+        x = layers.Conv1D(f, kernel_size, activation="relu", padding="same", name=f"conv1d_{i + 1}")(x)
+        x = layers.MaxPooling1D(2, name=f"pool1d_{i + 1}")(x)
+    x = layers.Flatten(name="flatten_seq")(x)
+    x = layers.Dense(dense_units, activation="relu", name="dense1")(x)
+    x = layers.Dropout(dropout, name="dropout1")(x)
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="label")(x)
+    return keras.Model(encoder.input, outputs, name="conv1d_classifier")
+
+
+# --------------------------------------------------------------------------- v1/v2: conv encoder and decoder
+
+def conv_encoder(inputs, filters=(32, 64), convs_per_block=1, batchnorm=False, tie=False):
+    """Conv blocks each ending in 2x2 max-pooling: 32x32x3 -> (8, 8, filters[-1]) code named `features`.
+
+    Returns (code, tied_convs): with `tie`, the convs are TiedConv2D layers for the decoder to reuse.
+    """
+    x, tied = inputs, []
+    for b, f in enumerate(filters):
+        for c in range(convs_per_block):
+            name = f"enc{b + 1}_{c + 1}"
+            conv = TiedConv2D(f, 3, name=f"{name}_conv") if tie else None
+            tied.append(conv)
+            x = conv_bn_relu(x, f, name=name, batchnorm=batchnorm, conv=conv)
+        pool_name = "features" if b == len(filters) - 1 else f"enc{b + 1}_pool"
+        x = layers.MaxPooling2D(name=pool_name)(x)
+    return x, tied
+
+
+def conv_decoder(code, filters=(32, 64), convs_per_block=1, upsampling="transpose", tied=None):
+    """Mirror of `conv_encoder` back to a 32x32x3 sigmoid image named `reconstruction`.
+
+    upsampling='transpose': Conv2DTranspose(stride 2) learns the upsampling (the study's choice);
+    'upsampling': UpSampling2D + Conv2D, the alternative the study compared. `tied` reuses encoder kernels.
+    """
+    if upsampling not in ("transpose", "upsampling"):
+        raise ValueError(f"unknown upsampling '{upsampling}'; valid: transpose, upsampling.")
+    x = code
+    # walk the encoder's convs backwards; each block's first transposed conv also undoes its pooling
+    plan = [(b, c) for b in range(len(filters)) for c in range(convs_per_block)][::-1]
+    for i, (b, c) in enumerate(plan):
+        target = 3 if i == len(plan) - 1 else (filters[b] if c > 0 else filters[b - 1])
+        last = i == len(plan) - 1
+        stride = 2 if c == convs_per_block - 1 else 1
+        name = f"dec{b + 1}_{c + 1}"
+        act = "sigmoid" if last else "relu"
+        if tied:
+            x = tied[b * convs_per_block + c](x, transpose=True, strides=stride, activation=act)
+        elif upsampling == "transpose":
+            x = layers.Conv2DTranspose(target, 3, strides=stride, padding="same", activation=act, name=f"{name}_convt")(x)
+        else:
+            if stride == 2:
+                x = layers.UpSampling2D(name=f"{name}_up")(x)
+            x = layers.Conv2D(target, 3, padding="same", activation=act, name=f"{name}_conv")(x)
+    # a final 'same' conv would break the tie's symmetry, so the last mirrored layer emits the image itself
+    return layers.Activation("linear", dtype="float32", name="reconstruction")(x)
+
+
+def conv_autoencoder(filters=(32, 64), convs_per_block=1, upsampling="transpose", batchnorm=False, tie_weights=False):
+    """v1: conv encoder to an (8, 8, 64) code, Conv2DTranspose (or UpSampling2D) decoder."""
+    inputs = keras.Input(IMAGE_SHAPE, name="image")
+    code, tied = conv_encoder(inputs, filters, convs_per_block, batchnorm, tie=tie_weights)
+    outputs = conv_decoder(code, filters, convs_per_block, upsampling, tied if tie_weights else None)
+    return keras.Model(inputs, outputs, name="conv_autoencoder")
+
+
+def encoder_of(model, layer="features"):
+    """The sub-model from the image to the named feature layer (frozen copy not needed: same weights)."""
+    return keras.Model(model.input, model.get_layer(layer).output, name="encoder")
+
+
+def feature_classifier(encoder, filters=(128, 128), convs_per_block=2, dense_units=(), dropout=0.3):
+    """v1: a CNN on the frozen encoder's (8, 8, 64) features; only the head trains."""
+    encoder.trainable = False
+    x = cnn_blocks(encoder.output, filters, convs_per_block, dropout, prefix="cls")
+    outputs = classifier_head(x, dense_units, dropout=0.5)
+    return keras.Model(encoder.input, outputs, name="feature_classifier")
+
+
+def joint_model(filters=(32, 64), convs_per_block=2, head_filters=(128, 128), dense_units=(),
+                dropout=0.3, upsampling="transpose", tie_weights=False):
+    """v2: one encoder feeding a decoder (`reconstruction`) and a classifier (`label`), trained together.
+
+    Head variants as in the study: dense_units=() is the one-Dense head (used with Adam),
+    dense_units=(512, 256) the two-Dense head (used with SGD).
+    """
+    inputs = keras.Input(IMAGE_SHAPE, name="image")
+    code, tied = conv_encoder(inputs, filters, convs_per_block, batchnorm=True, tie=tie_weights)
+    reconstruction = conv_decoder(code, filters, convs_per_block, upsampling, tied if tie_weights else None)
+    x = cnn_blocks(code, head_filters, 2, dropout, prefix="cls")
+    label = classifier_head(x, dense_units, dropout=0.5)
+    return keras.Model(inputs, {"reconstruction": reconstruction, "label": label}, name="joint_model")
+
+
+BUILDERS = {
+    "mlp_autoencoder": mlp_autoencoder,
+    "dense_classifier": dense_classifier,
+    "conv1d_classifier": conv1d_classifier,
+    "conv_autoencoder": conv_autoencoder,
+    "feature_classifier": feature_classifier,
+    "joint_model": joint_model,
+}

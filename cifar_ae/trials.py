@@ -1,0 +1,89 @@
+"""Every trial of the study as plain data: model, optimizer, data, augmentation and length per preset.
+
+A trial's full definition is its entry in TRIALS; `run_trial` (cifar_ae.training) turns it into a run folder.
+Presets set the length: `smoke` (seconds, tests and CI), `quick` (minutes on a 2-core CPU), `full` (the
+study's length, for a GPU). A trial may override any preset field (e.g. fewer quick epochs for a slow model).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+PRESETS = {
+    # train_images: None = the whole training subset; test_images: None = the full 10,000-image test set
+    "smoke": dict(epochs=1, train_images=256, val_images=64, test_images=256, tsne_points=100, workers=1),
+    "quick": dict(epochs=5, train_images=None, val_images=2000, test_images=None, tsne_points=1000, workers=2),
+    "full": dict(epochs=100, train_images=None, val_images=2000, test_images=None, tsne_points=2000, workers=4),
+}
+
+STUDY_AUGMENTATION = {"policy": "study", "flip": True, "translate": 4}
+
+
+@dataclass(frozen=True)
+class Trial:
+    name: str
+    description: str
+    task: str                       # "autoencoder" | "classifier" | "joint"
+    model: str                      # a builder in cifar_ae.models.BUILDERS
+    model_args: dict = field(default_factory=dict)
+    upstream: str | None = None     # autoencoder trial whose frozen encoder feeds this classifier
+    feature_layer: str = "features"
+    optimizer: str = "adam"         # "adam" | "sgd" (momentum 0.9, Nesterov)
+    learning_rate: float = 1e-3
+    batch_size: int = 128
+    train_set: str = "imbalanced"   # "imbalanced" (the study's) | "balanced" (2,500 per class) | "full"
+    validation: str = "holdout"     # "holdout": stratified slice of the training subset | "test": as the study did
+    scaling: str = "unit"           # "unit" (/255) | "mean" | "zscore" — classifier input only
+    augmentation: dict | None = None
+    class_weight: str | None = None  # None | "inverse" | "effective"
+    loss_weights: dict | None = None
+    presets: dict = field(default_factory=dict)  # per-preset overrides of PRESETS
+    study: dict = field(default_factory=dict)    # the study's reported numbers, for reports
+
+    def settings(self, preset: str) -> dict:
+        """The preset's fields with this trial's overrides applied."""
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset '{preset}'; valid presets: {', '.join(PRESETS)}.")
+        return {**PRESETS[preset], **self.presets.get(preset, {})}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _joint(name, description, **kw):
+    base = dict(task="joint", model="joint_model", loss_weights={"reconstruction": 1.0, "label": 1.0},
+                presets={"quick": {"epochs": 3}, "full": {"epochs": 100}})
+    return Trial(name, description, **{**base, **kw})
+
+
+TRIALS = {t.name: t for t in [
+    Trial("v0-mlp-ae", "MLP autoencoder: 768-unit code, BatchNorm'd features.", task="autoencoder",
+          model="mlp_autoencoder", presets={"quick": {"epochs": 10}, "full": {"epochs": 50}},
+          study={"recon_mse": 0.0018}),
+    Trial("v0-dense", "Dense classifier on the frozen MLP autoencoder's features.", task="classifier",
+          model="dense_classifier", upstream="v0-mlp-ae", presets={"quick": {"epochs": 10}, "full": {"epochs": 50}},
+          study={"test_accuracy": 0.50}),
+    Trial("v0-conv1d", "1D-CNN classifier on the frozen MLP autoencoder's features.", task="classifier",
+          model="conv1d_classifier", upstream="v0-mlp-ae", presets={"quick": {"epochs": 10}, "full": {"epochs": 50}},
+          study={"test_accuracy": 0.44}),
+    Trial("v1-cnn-ae", "Conv autoencoder, (8,8,64) code, Conv2DTranspose decoder, trained alone.", task="autoencoder",
+          model="conv_autoencoder", presets={"quick": {"epochs": 8}, "full": {"epochs": 50}},
+          study={"recon_mse": 0.0007}),
+    Trial("v1-feature-classifier", "CNN (128-filter blocks) on the frozen conv autoencoder's features.",
+          task="classifier", model="feature_classifier", upstream="v1-cnn-ae",
+          presets={"quick": {"epochs": 5}, "full": {"epochs": 50}}, study={"test_accuracy": 0.75}),
+    _joint("v2-joint-noaug", "Joint reconstruction + label training, no augmentation, Adam.",
+           study={"test_accuracy": 0.75}),
+    _joint("v2-joint-aug-adam", "Joint training with PIL augmentation, Adam, class weights.",
+           augmentation=STUDY_AUGMENTATION, class_weight="inverse", study={"test_accuracy": 0.86}),
+    _joint("v2-joint-aug-sgd", "Joint training with PIL augmentation, SGD, two Dense layers in the head.",
+           model_args={"dense_units": (512, 256)}, augmentation=STUDY_AUGMENTATION, optimizer="sgd",
+           learning_rate=0.01, study={"test_accuracy": 0.82}),
+]}
+
+
+def get_trial(name: str, **overrides) -> Trial:
+    """The named trial, optionally with fields replaced (e.g. ``model_args={"tie_weights": True}``)."""
+    if name not in TRIALS:
+        raise ValueError(f"unknown trial '{name}'; valid trials: {', '.join(TRIALS)}.")
+    return dataclasses.replace(TRIALS[name], **overrides) if overrides else TRIALS[name]
