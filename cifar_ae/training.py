@@ -246,3 +246,23 @@ def _has_layer(model, name):
         return True
     except ValueError:
         return False
+
+
+def reevaluate(run_dir) -> dict:
+    """Load a run's model (Keras safe mode) and recompute its test metrics and figures."""
+    import json
+    run_dir = Path(run_dir)
+    if not (run_dir / "model.keras").is_file() or not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run folder (needs config.json and model.keras); "
+                                "train one with `python -m cifar_ae train NAME`.")
+    config = json.loads((run_dir / "config.json").read_text())
+    t = config["trial"]
+    trial = get_trial(t["name"], **{k: v for k, v in t.items() if k != "name"})
+    data = prepare_data(trial, config["settings"], config["seed"])
+    stats = D.fit_scaling(data["x_train"], trial.scaling)
+    data["scaling"] = None if trial.scaling == "unit" else stats
+    model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if is_complete(run_dir) else {}
+    metrics.update(evaluate_model(model, trial, data, run_dir, config["settings"], config["seed"]))
+    E.write_json_atomic(run_dir / "metrics.json", metrics)
+    return metrics
