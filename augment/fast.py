@@ -1,0 +1,117 @@
+"""The fast path: a picklable batch augmenter for ``cifar_ae.batches.ArrayBatches(transform=...)``.
+
+Flip, pad-and-crop and cutout run vectorised over the whole uint8 batch; the Pillow policy runs per image.
+ArrayBatches calls it inside its PyDataset workers (``workers=2, use_multiprocessing=True``), so
+augmentation runs beside training instead of in front of it.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from PIL import Image
+
+from .ops import FILL, check_rng
+from .policies import get_policy, run_policy
+
+PAD_MODES = {"reflect": "reflect", "zero": "constant"}  # our name -> np.pad mode
+AUGMENTER_KEYS = ("policy", "flip", "translate", "pad_mode", "cutout")
+
+
+def check_batch(images):
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise ValueError(f"expected a uint8 batch of shape (B, H, W, 3), got {got}; "
+                         "augment before scaling to float, e.g. in ArrayBatches(transform=...).")
+    return images
+
+
+def random_flip(images, rng):
+    """Mirror each image left-right with probability 0.5."""
+    flip = rng.random(len(images)) < 0.5
+    out = images.copy()
+    out[flip] = images[flip, :, ::-1]
+    return out
+
+
+def pad_and_crop(images, pad, rng, pad_mode="reflect"):
+    """Pad by ``pad`` px, then crop back at a random offset per image: a shift of up to +-pad px."""
+    n, h, w = images.shape[:3]
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=PAD_MODES[pad_mode])
+    top, left = rng.integers(0, 2 * pad + 1, size=(2, n))
+    windows = sliding_window_view(padded, (h, w), axis=(1, 2))  # (n, 2p+1, 2p+1, C, h, w), a view
+    return np.ascontiguousarray(np.moveaxis(windows[np.arange(n), top, left], 1, -1))  # 50x faster than per-pixel indexing
+
+
+def cutout(images, size, rng):
+    """Grey out one ``size`` px square per image, centred anywhere, clipped at the border (DeVries & Taylor 2017)."""
+    n, h, w = images.shape[:3]
+    top = rng.integers(0, h, n)[:, None] - size // 2
+    left = rng.integers(0, w, n)[:, None] - size // 2
+    rows, cols = np.arange(h), np.arange(w)
+    in_rows = (rows >= top) & (rows < top + size)  # (n, h)
+    in_cols = (cols >= left) & (cols < left + size)  # (n, w)
+    out = images.copy()
+    out[in_rows[:, :, None] & in_cols[:, None, :]] = FILL
+    return out
+
+
+def apply_policy_batch(images, policy, rng):
+    """The Pillow policy, image by image (``policy`` already validated)."""
+    return np.stack([np.asarray(run_policy(Image.fromarray(img), policy, rng)) for img in images])
+
+
+class BatchAugmenter:
+    """``(uint8 batch (B, H, W, 3), numpy Generator) -> uint8 batch``: policy, then pad-crop, flip, cutout.
+
+    The order follows AutoAugment's CIFAR-10 training code. It holds no random state of its own: everything
+    is drawn from the rng it is given, so ArrayBatches' (seed, epoch, batch) rng makes batches reproducible.
+    policy: a name in ``augment.POLICIES``, a policy dict, or None for the base augmentation only.
+    translate: pad-and-crop shift in px (0 = off); pad_mode: 'reflect' or 'zero'. cutout: square side in px.
+    """
+
+    def __init__(self, policy="autoaugment-cifar10", flip=True, translate=4, pad_mode="reflect", cutout=0):
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"unknown pad_mode {pad_mode!r}; valid: {', '.join(PAD_MODES)}.")
+        for name, value in (("translate", translate), ("cutout", cutout)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name} must be a whole number of pixels >= 0, got {value!r}.")
+        self.policy = policy
+        self.rules = None if policy is None else get_policy(policy)
+        self.flip, self.translate, self.pad_mode, self.cutout = bool(flip), int(translate), pad_mode, int(cutout)
+
+    def __call__(self, images, rng):
+        out = check_batch(images)
+        check_rng(rng)
+        if self.rules is not None:
+            out = apply_policy_batch(out, self.rules, rng)
+        if self.translate:
+            out = pad_and_crop(out, self.translate, rng, self.pad_mode)
+        if self.flip:
+            out = random_flip(out, rng)
+        if self.cutout:
+            out = cutout(out, self.cutout, rng)
+        return out
+
+    def __repr__(self):
+        policy = self.policy if self.policy is None or isinstance(self.policy, str) else "<custom>"
+        return (f"BatchAugmenter(policy={policy!r}, flip={self.flip}, translate={self.translate}, "
+                f"pad_mode={self.pad_mode!r}, cutout={self.cutout})")
+
+
+def make_augmenter(config):
+    """Trial config -> BatchAugmenter or None.
+
+    None -> None (no augmentation); a policy name -> that policy with the default flip/translate;
+    a dict with keys from AUGMENTER_KEYS, e.g. {"policy": "autoaugment-cifar10", "flip": True,
+    "translate": 4, "cutout": 8}; a BatchAugmenter passes through.
+    """
+    if config is None or isinstance(config, BatchAugmenter):
+        return config
+    if isinstance(config, str):
+        return BatchAugmenter(policy=config)
+    if isinstance(config, dict):
+        unknown = set(config) - set(AUGMENTER_KEYS)
+        if unknown:
+            raise ValueError(f"unknown augmentation keys {sorted(unknown)}; valid: {', '.join(AUGMENTER_KEYS)}.")
+        return BatchAugmenter(**config)
+    raise ValueError(f"augmentation config must be None, a policy name or a dict, got {type(config).__name__}.")
