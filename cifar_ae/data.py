@@ -61,6 +61,7 @@ class _AllowListUnpickler(pickle.Unpickler):
         ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
         ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
         ("__builtin__", "object"), ("builtins", "object"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 rebuild bytes
     }
 
     def __init__(self, file, path):
@@ -143,9 +144,21 @@ def _list_folder_split(split_dir: Path):
     return files
 
 
+def _decode_many(paths):
+    return np.stack([_decode_image(p) for p in paths])
+
+
 def _load_folder_split(split_dir: Path):
     files = _list_folder_split(split_dir)
-    x = np.stack([_decode_image(split_dir / rel) for _, rel in files])
+    paths = [split_dir / rel for _, rel in files]
+    workers = min(os.cpu_count() or 1, 8)
+    if workers > 1 and len(paths) >= 4000:  # PNG decoding is CPU-bound: one process per core
+        from concurrent.futures import ProcessPoolExecutor
+        chunks = [paths[i:i + 2000] for i in range(0, len(paths), 2000)]
+        with ProcessPoolExecutor(workers) as pool:
+            x = np.concatenate(list(pool.map(_decode_many, chunks)))
+    else:
+        x = _decode_many(paths)
     y = np.array([label for label, _ in files], dtype=np.int64)
     return _canonical(x, y, [rel for _, rel in files])
 
