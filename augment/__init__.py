@@ -36,8 +36,8 @@ Cutout         square side 0.2 m/10 of the size     0 .. 6.4 px at 32 px   same 
 =============  ===================================  =====================  ================  ==============
 
 Geometric ops resample bilinearly and fill uncovered pixels with mid-grey (128); shear is about the top-left
-corner (as in AutoAugment). AutoAugment's paper used 0..20 px cutout *after* its policy; here Cutout the op
-follows the issue's 0..0.2 size, and the fast path's ``BatchAugmenter(cutout=16)`` gives the paper's base cutout.
+corner (as in AutoAugment). Cutout's 0..0.2 of the size follows the issue (AutoAugment's search space had
+0..20 px); AutoAugment's CIFAR-10 training added a fixed 16 px cutout after the policy: ``BatchAugmenter(cutout=16)``.
 
 Policies (``POLICIES``): "autoaugment-cifar10" (the paper's 25 sub-policies), "randaugment" (N=2, M=9 of 31
 bins, torchvision's defaults; ``randaugment(n, m)`` for others), "trivialaugment" (TrivialAugment-wide),

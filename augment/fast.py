@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from PIL import Image
 
 from .ops import FILL, check_rng
 from .policies import get_policy, run_policy
@@ -57,7 +56,12 @@ def cutout(images, size, rng):
 
 def apply_policy_batch(images, policy, rng):
     """The Pillow policy, image by image (``policy`` already validated)."""
-    return np.stack([np.asarray(run_policy(Image.fromarray(img), policy, rng)) for img in images])
+    out = images.copy()
+    for i, img in enumerate(images):
+        result = run_policy(img, policy, rng)
+        if result is not img:  # untouched images (no op fired) skip the Pillow round trip
+            out[i] = np.asarray(result)
+    return out
 
 
 class BatchAugmenter:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import itertools
 from numbers import Real
 
+from PIL import Image
+
 from .ops import MAX_LEVEL, check_level, check_rng, check_space, get_op, like_input, run_op, to_pil
 
 DEFAULT_BINS = 31  # torchvision's num_magnitude_bins for RandAugment and TrivialAugment
@@ -122,12 +124,14 @@ def random_level(rng, bins):
 
 
 def run_policy(img, policy: dict, rng):
-    """Apply a validated policy to a PIL image (the per-image hot path)."""
+    """Apply a validated policy (the per-image hot path). ``img`` is a PIL image, or a uint8 array that is
+    converted only once an op fires: if none does, the very same array comes back, with no Pillow round trip."""
     subpolicies = policy["subpolicies"]
     space, bins = policy.get("space", "standard"), policy.get("bins", DEFAULT_BINS)
     for name, prob, level in subpolicies[rng.integers(len(subpolicies))]:
         if rng.random() < prob:
-            img = run_op(img, name, random_level(rng, bins) if level is None else level, rng, space)
+            pil = img if isinstance(img, Image.Image) else Image.fromarray(img)
+            img = run_op(pil, name, random_level(rng, bins) if level is None else level, rng, space)
     return img
 
 

@@ -283,11 +283,11 @@ def test_batch_augmenter_in_array_batches_with_model_fit(images):
 # --------------------------------------------------------------------------- real images and figures
 
 def test_real_images_through_every_policy(cifar_images):
-    aug = augment.BatchAugmenter("trivialaugment", cutout=8)
     for name in augment.POLICIES:
-        out = augment.BatchAugmenter(name)(cifar_images, np.random.default_rng(0))
-        assert out.shape == cifar_images.shape and (out != cifar_images).any()
-    assert aug(cifar_images, np.random.default_rng(0)).dtype == np.uint8
+        out = augment.BatchAugmenter(name, cutout=8)(cifar_images, np.random.default_rng(0))
+        assert out.shape == cifar_images.shape and out.dtype == np.uint8
+        changed = (out != cifar_images).any(axis=(1, 2, 3))
+        assert changed.mean() > 0.5, name  # flip/crop/cutout alone change nearly every image
 
 
 def test_figures_render(images):
