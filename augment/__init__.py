@@ -45,7 +45,8 @@ bins, torchvision's defaults; ``randaugment(n, m)`` for others), "trivialaugment
 """
 from .fast import BatchAugmenter, make_augmenter
 from .ops import MAX_LEVEL, OPS, apply_op
-from .policies import POLICIES, apply_policy, check_policy, each_with_probability, get_policy, randaugment, trivialaugment
+from .policies import (POLICIES, apply_policy, check_policy, each_with_probability, get_policy, randaugment,
+                       trivialaugment)
 
 __all__ = ["MAX_LEVEL", "OPS", "apply_op", "POLICIES", "apply_policy", "check_policy", "get_policy",
            "randaugment", "trivialaugment", "each_with_probability", "BatchAugmenter", "make_augmenter",

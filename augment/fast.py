@@ -38,7 +38,8 @@ def pad_and_crop(images, pad, rng, pad_mode="reflect"):
     padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=PAD_MODES[pad_mode])
     top, left = rng.integers(0, 2 * pad + 1, size=(2, n))
     windows = sliding_window_view(padded, (h, w), axis=(1, 2))  # (n, 2p+1, 2p+1, C, h, w), a view
-    return np.ascontiguousarray(np.moveaxis(windows[np.arange(n), top, left], 1, -1))  # 50x faster than per-pixel indexing
+    # gathering whole windows is ~50x faster than fancy-indexing every pixel
+    return np.ascontiguousarray(np.moveaxis(windows[np.arange(n), top, left], 1, -1))
 
 
 def cutout(images, size, rng):

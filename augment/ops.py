@@ -16,10 +16,10 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 MAX_LEVEL = 10  # AutoAugment's magnitude scale; policies with finer bins rescale onto it
 SPACES = ("standard", "wide")  # AutoAugment/torchvision CIFAR-10 ranges; TrivialAugment-wide ranges
 FILL = (128, 128, 128)  # mid-grey for pixels uncovered by geometric ops and cutout (AutoAugment's choice)
-RESAMPLE = Image.Resampling.BILINEAR  # smoother than nearest at 32x32; exact identity at magnitude 0
+RESAMPLE = Image.Resampling.BILINEAR  # smoother than nearest at 32 px; still exact identity at level 0
 
 
-# --------------------------------------------------------------------------- op functions: (PIL image, arg) -> PIL image
+# --------------------------------------------------------------------------- ops: (PIL image, arg) -> PIL image
 
 def identity(img, _):
     return img

@@ -1,4 +1,6 @@
-"""augment: ops, policies, the keras_preprocessing subclass, the fast path, errors. Synthetic images unless CIFAR10_DIR."""
+"""augment: ops, policies, the keras_preprocessing subclass, the fast path, errors.
+
+Synthetic images, except the real-image test (runs when CIFAR10_DIR is set)."""
 import os
 import pickle
 import warnings
