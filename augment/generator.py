@@ -56,6 +56,9 @@ def to_uint8(x):
     if x.min() < 0 or x.max() > 255:
         raise ValueError(f"Pillow ops need raw pixel values in 0..255, got {x.min():.3g}..{x.max():.3g}; "
                          "pass unscaled images to flow and scale with rescale= or preprocessing_function=.")
+    if 0 < x.max() <= 1:
+        warnings.warn("Pillow ops got an image with values in [0, 1]; they expect 0..255. Pass unscaled images "
+                      "to flow and scale with rescale=1/255.", UserWarning, stacklevel=2)
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 

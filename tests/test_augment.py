@@ -198,6 +198,18 @@ def test_subclass_pil_ops_only_round_trip_is_exact(images):
     np.testing.assert_array_equal(out, images.astype(np.float32))
 
 
+def test_subclass_rejects_scaled_or_bad_input(images):
+    gen = augment.ImageDataGenerator(contrast_range=(0.5, 1.5))
+    with pytest.raises(ValueError, match="raw pixel values in 0..255"):
+        next(gen.flow(images.astype(np.float32) - 128, batch_size=4))
+    with pytest.warns(UserWarning, match=r"values in \[0, 1\]"):
+        next(gen.flow(images / 255.0, batch_size=4))
+    with pytest.raises(ValueError, match="contrast_range"):
+        augment.ImageDataGenerator(contrast_range=(1.5, 0.5))
+    with pytest.raises(ValueError, match="valid policies"):
+        augment.ImageDataGenerator(policy="auto")
+
+
 def test_subclass_flow_from_directory(tmp_path, images):
     for label in ("cat", "dog"):
         (tmp_path / label).mkdir()
