@@ -63,4 +63,5 @@ class ArrayBatches(keras.utils.PyDataset):
         out = {"reconstruction": inputs, "label": yb}
         if sw is None:
             return model_in, out
-        return model_in, out, {"reconstruction": np.ones(len(idx), np.float32), "label": sw}
+        # Keras needs a weight per output; (B, 1, 1) broadcasts over the per-pixel MSE map
+        return model_in, out, {"reconstruction": np.ones((len(idx), 1, 1), np.float32), "label": sw}

@@ -1,0 +1,126 @@
+"""Every trial runs on `smoke` and writes a complete, sane run folder; runs resume after a kill."""
+import csv
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from cifar_ae import cli
+from cifar_ae.trials import PRESETS, TRIALS, get_trial
+from cifar_ae.training import reevaluate, run_trial
+
+STUDY_TRIALS = ["v0-mlp-ae", "v0-dense", "v0-conv1d", "v1-cnn-ae", "v1-feature-classifier",
+                "v2-joint-noaug", "v2-joint-aug-adam", "v2-joint-aug-sgd"]
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+def test_list_shows_every_study_trial(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in STUDY_TRIALS:
+        assert name in out
+
+
+def test_unknown_names_list_the_valid_ones(capsys):
+    with pytest.raises(ValueError, match="unknown trial 'v9'; valid trials: v0-mlp-ae, .*v2-joint-aug-sgd"):
+        get_trial("v9")
+    with pytest.raises(ValueError, match="unknown preset 'fast'; valid presets: smoke, quick, full"):
+        TRIALS["v0-mlp-ae"].settings("fast")
+    assert cli.main(["train", "v0-mlp-ae", "--preset", "fast"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: unknown preset 'fast'; valid presets: smoke, quick, full."
+
+
+def check_run_folder(run, trial):
+    names = {p.name for p in run.rglob("*") if p.is_file()}
+    assert {"config.json", "history.csv", "metrics.json", "model.keras", "curves.png", "class_distribution.png"} <= names
+    assert not (run / "backup").exists() and not (run / "checkpoints").exists()
+    config = json.loads((run / "config.json").read_text())
+    assert config["seed"] == 0 and config["preset"] == "smoke" and config["trial"]["name"] == trial.name
+    assert config["versions"]["keras"] == keras.__version__ and config["command"]
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["epochs"] == 1 and m["test_images"] == PRESETS["smoke"]["test_images"]
+    if trial.task != "autoencoder":
+        assert 0.0 <= m["test_accuracy"] <= 1.0 and 0.0 <= m["balanced_accuracy"] <= 1.0
+        cm = np.array(m["confusion_matrix"])
+        assert cm.shape == (10, 10) and cm.sum() == m["test_images"]
+        assert "confusion_matrix.png" in names
+    if trial.task != "classifier":
+        assert 0.0 < m["recon_mse"] < 0.25 and math.isfinite(m["recon_psnr"])
+        assert "reconstructions.png" in names
+    for v in [m.get("test_accuracy"), m.get("recon_mse")]:
+        assert v is None or math.isfinite(v)
+
+
+@pytest.mark.parametrize("name", STUDY_TRIALS)
+def test_trial_runs_on_smoke(name, runs_root, cifar_dir):
+    run = run_trial(name, "smoke", seed=0, out_dir=runs_root, verbose=0)
+    check_run_folder(run, TRIALS[name])
+    loaded = keras.saving.load_model(run / "model.keras", safe_mode=True)
+    assert loaded.count_params() > 0
+
+
+def test_weight_tying_option_trains_and_reloads(tmp_path, cifar_dir):
+    run = run_trial("v2-joint-noaug", "smoke", out_dir=tmp_path, verbose=0,
+                    model_args={"tie_weights": True})
+    m = keras.saving.load_model(run / "model.keras", safe_mode=True)
+    kinds = {type(layer).__name__ for layer in m.layers}
+    assert "TiedConv2D" in kinds and "Conv2DTranspose" not in kinds
+
+
+def test_evaluate_recomputes_the_same_metrics(runs_root, cifar_dir):
+    run = run_trial("v1-cnn-ae", "smoke", seed=0, out_dir=runs_root, verbose=0)  # reuses the run above
+    before = json.loads((run / "metrics.json").read_text())
+    after = reevaluate(run)
+    assert after["recon_mse"] == pytest.approx(before["recon_mse"], rel=1e-5)
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Kills training after `after` finished epochs, like a Ctrl-C or a lost machine."""
+
+    def __init__(self, after):
+        super().__init__()
+        self.after = after
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.after:
+            raise KeyboardInterrupt("forced interruption")
+
+
+class RecordEpochs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_killed_run_resumes_from_last_finished_epoch(tmp_path, cifar_dir):
+    with pytest.raises(KeyboardInterrupt):
+        run_trial("v1-cnn-ae", "smoke", out_dir=tmp_path, epochs=3, verbose=0, callbacks=[Interrupt(after=2)])
+    run = tmp_path / "v1-cnn-ae" / "smoke-s0"
+    assert not (run / "metrics.json").exists()  # an unfinished run has no metrics
+    record = RecordEpochs()
+    run_trial("v1-cnn-ae", "smoke", out_dir=tmp_path, epochs=3, verbose=0, callbacks=[record])
+    assert record.epochs == [2]
+    with open(run / "history.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2]
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 3
+
+
+def test_report_tables_every_run(runs_root, cifar_dir, tmp_path):
+    run_trial("v0-mlp-ae", "smoke", seed=0, out_dir=runs_root, verbose=0)  # at least one run, reused if present
+    out = tmp_path / "table.md"
+    assert cli.main(["report", "--runs", str(runs_root), "--output", str(out)]) == 0
+    table = out.read_text()
+    trials = {p.parent.parent.name for p in runs_root.glob("*/*/metrics.json")}
+    assert "v0-mlp-ae" in trials
+    for name in trials:
+        assert f"| {name} | smoke | 0 |" in table
