@@ -55,6 +55,12 @@ def cmd_report(args):
     print(table)
 
 
+def cmd_notebooks(args):
+    from .notebooks import run_notebooks
+    run_notebooks(args.names, args.preset, args.seed, args.runs, args.out, args.data, args.force, args.param,
+                  progress_bar=sys.stderr.isatty())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cifar_ae", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +81,16 @@ def main(argv=None):
     p.add_argument("--preset", default=None)
     p.add_argument("--output", default=None, help="also write the table to this file")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("notebooks", help="execute research notebooks (papermill) into runs/notebooks/<name>/<preset>-s<seed>")
+    p.add_argument("names", nargs="*", metavar="NAME", help="notebook stem or alias (v0, v1, v2-noaug, v2-aug-adam, v2-aug-sgd); none = all")
+    p.add_argument("--preset", default="quick")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--runs", default=None, help="trial runs root the notebooks read and write (default: $CIFAR_AE_RUNS or the repo's runs/)")
+    p.add_argument("--out", default=None, help="executed notebooks root (default: <runs>/notebooks)")
+    p.add_argument("--data", default=None, help="CIFAR10_DIR parameter (default: the environment's)")
+    p.add_argument("--force", action="store_true", help="FORCE=True: retrain runs the notebooks would reuse")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="another notebook parameter")
+    p.set_defaults(func=cmd_notebooks)
     args = parser.parse_args(argv)
     _quiet_tensorflow()
     from .data import DataError
