@@ -201,7 +201,49 @@ def joint_model(filters=(32, 64), convs_per_block=2, head_filters=(128, 128), de
     return keras.Model(inputs, {"reconstruction": reconstruction, "label": label}, name="joint_model")
 
 
+# --------------------------------------------------------------------------- v3: residual joint model
+
+def residual_block(x, filters, name):
+    """Two conv-BN-ReLU with an identity shortcut (ResNet-9 style: no downsampling inside the block)."""
+    y = conv_bn_relu(x, filters, f"{name}_a")
+    y = conv_bn_relu(y, filters, f"{name}_b")
+    return layers.Add(name=f"{name}_add")([x, y])
+
+
+def resnet_stage(x, filters, name, residual=True):
+    """conv-BN-ReLU to `filters`, 2x2 max-pool, then (optionally) a residual block at the new size."""
+    x = conv_bn_relu(x, filters, f"{name}_conv")
+    x = layers.MaxPooling2D(name=f"{name}_pool")(x)
+    return residual_block(x, filters, f"{name}_res") if residual else x
+
+
+def resnet_joint(width=32, head_depth=1, upsampling="transpose"):
+    """v3: a ResNet-9-style encoder to an (8, 8, 4*width) code feeding a decoder and a deeper classifier.
+
+    Same shape as the study's joint model (one encoder, `reconstruction` + `label`), with BatchNorm'd
+    residual stages: stem(w) @32 -> stage(2w) @16 (+res) -> conv(4w) + pool @8 = `features`;
+    head: residual block(s) @8 -> stage(8w) @4 (+res) -> global max-pool -> Dense.
+    """
+    inputs = keras.Input(IMAGE_SHAPE, name="image")
+    x = conv_bn_relu(inputs, width, "stem")
+    x = resnet_stage(x, 2 * width, "enc1")
+    x = conv_bn_relu(x, 4 * width, "enc2_conv")
+    code = layers.MaxPooling2D(name="features")(x)
+    r = layers.Conv2DTranspose(2 * width, 3, strides=2, padding="same", activation="relu", name="dec1_convt")(code)
+    r = layers.Conv2DTranspose(width, 3, strides=2, padding="same", activation="relu", name="dec2_convt")(r)
+    r = layers.Conv2D(3, 3, padding="same", activation="sigmoid", name="dec_out")(r)
+    reconstruction = layers.Activation("linear", dtype="float32", name="reconstruction")(r)
+    h = code
+    for i in range(head_depth):
+        h = residual_block(h, 4 * width, f"head{i + 1}_res")
+    h = resnet_stage(h, 8 * width, "head_stage")
+    h = layers.GlobalMaxPooling2D(name="head_pool")(h)
+    label = layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="label")(h)
+    return keras.Model(inputs, {"reconstruction": reconstruction, "label": label}, name="resnet_joint")
+
+
 BUILDERS = {
+    "resnet_joint": resnet_joint,
     "mlp_autoencoder": mlp_autoencoder,
     "dense_classifier": dense_classifier,
     "conv1d_classifier": conv1d_classifier,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import keras
 
-from . import data as D, evaluate as E, models as M, plots as P
+from . import data as D, evaluate as E, models as M, plots as P, tricks as T
 from .batches import ArrayBatches
 from .trials import get_trial
 
@@ -78,28 +78,35 @@ def build_model(trial, preset, seed, out_dir=None, verbose="auto"):
     if not is_complete(upstream_dir):
         print(f"[{trial.name}] training upstream autoencoder {trial.upstream} first -> {upstream_dir}")
         run_trial(trial.upstream, preset, seed, out_dir, verbose=verbose)
-    ae = keras.saving.load_model(upstream_dir / "model.keras", safe_mode=True)
+    ae = keras.saving.load_model(upstream_dir / "model.keras", safe_mode=True, compile=False)
     encoder = M.encoder_of(ae, trial.feature_layer)
     encoder.trainable = False  # frozen features, as in the study
     return builder(encoder, **trial.model_args), str(upstream_dir)
 
 
 def make_optimizer(trial):
+    kw = {"weight_decay": trial.weight_decay} if trial.weight_decay else {}
     if trial.optimizer == "adam":
-        return keras.optimizers.Adam(trial.learning_rate)
+        return keras.optimizers.Adam(trial.learning_rate, **kw)
+    if trial.optimizer == "adamw":
+        return keras.optimizers.AdamW(trial.learning_rate, **kw)
     if trial.optimizer == "sgd":
-        return keras.optimizers.SGD(trial.learning_rate, momentum=0.9, nesterov=True)
-    raise ValueError(f"unknown optimizer '{trial.optimizer}'; valid: adam, sgd.")
+        return keras.optimizers.SGD(trial.learning_rate, momentum=0.9, nesterov=True, **kw)
+    raise ValueError(f"unknown optimizer '{trial.optimizer}'; valid: adam, adamw, sgd.")
+
+
+def label_loss(trial):
+    return T.SmoothedSparseCE(trial.label_smoothing) if trial.label_smoothing else "sparse_categorical_crossentropy"
 
 
 def compile_model(model, trial):
     if trial.task == "autoencoder":
         model.compile(make_optimizer(trial), loss="mse", metrics=["mse"])
     elif trial.task == "classifier":
-        model.compile(make_optimizer(trial), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.compile(make_optimizer(trial), loss=label_loss(trial), metrics=["accuracy"])
     elif trial.task == "joint":
-        model.compile(make_optimizer(trial),
-                      loss={"reconstruction": "mse", "label": "sparse_categorical_crossentropy"},
+        recon = T.WeightedMSE(trial.recon_weight[0]) if trial.recon_weight else "mse"
+        model.compile(make_optimizer(trial), loss={"reconstruction": recon, "label": label_loss(trial)},
                       loss_weights=trial.loss_weights, metrics={"reconstruction": ["mse"], "label": ["accuracy"]})
     else:
         raise ValueError(f"unknown task '{trial.task}'; valid: autoencoder, classifier, joint.")
@@ -121,6 +128,13 @@ def versions() -> dict:
             "platform": platform.platform()}
 
 
+def command_line() -> str:
+    """How this process was started, as a user would retype it."""
+    prog = Path(sys.argv[0]).name
+    prog = "python -m cifar_ae" if prog == "__main__.py" else prog
+    return " ".join([prog] + sys.argv[1:])
+
+
 def _read_history(path) -> dict:
     if not Path(path).is_file():
         return {}
@@ -129,7 +143,7 @@ def _read_history(path) -> dict:
     return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
 
 
-def _batches(trial, data, settings, seed, train: bool):
+def _batches(trial, data, settings, seed, train: bool, batch_size=None):
     targets = {"autoencoder": "reconstruction", "classifier": "label", "joint": "joint"}[trial.task]
     if not train:
         return ArrayBatches(data["x_val"], data["y_val"], batch_size=256, targets=targets, shuffle=False,
@@ -142,7 +156,7 @@ def _batches(trial, data, settings, seed, train: bool):
         cw = D.class_weights(data["y_train"], trial.class_weight)
         sample_weight = np.array([cw[int(c)] for c in data["y_train"]], np.float32)
     workers = settings["workers"] if transform is not None else 1
-    return ArrayBatches(data["x_train"], data["y_train"], batch_size=trial.batch_size, targets=targets,
+    return ArrayBatches(data["x_train"], data["y_train"], batch_size=batch_size or trial.batch_size, targets=targets,
                         transform=transform, sample_weight=sample_weight, scaling=data["scaling"], seed=seed,
                         workers=workers, use_multiprocessing=workers > 1)
 
@@ -166,10 +180,48 @@ def run_trial(name, preset="quick", seed=0, out_dir=None, epochs=None, force=Fal
     data = prepare_data(trial, settings, seed, source)
     stats = D.fit_scaling(data["x_train"], trial.scaling)
     data["scaling"] = None if trial.scaling == "unit" else stats
-    model, upstream = build_model(trial, preset, seed, out_dir, verbose)
-    compile_model(model, trial)
+    previous_policy = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(trial.precision)
+    try:
+        with distribution_scope(trial.strategy):
+            model, upstream = build_model(trial, preset, seed, out_dir, verbose)
+            compile_model(model, trial)
+        return _fit_and_record(trial, name, preset, seed, settings, run, data, model, upstream, callbacks, verbose)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def distribution_scope(strategy):
+    """A tf.distribute scope for `--strategy mirrored` (TensorFlow backend), else a no-op context."""
+    import contextlib
+    if strategy is None:
+        return contextlib.nullcontext()
+    if strategy != "mirrored":
+        raise ValueError(f"unknown strategy '{strategy}'; valid: mirrored (or none).")
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError("strategy 'mirrored' needs the TensorFlow backend (KERAS_BACKEND=tensorflow).")
+    import tensorflow as tf
+    return tf.distribute.MirroredStrategy().scope()
+
+
+def trick_callbacks(trial, model, epochs):
+    """Callbacks for the trial's schedules; ReduceLROnPlateau only when no LR schedule is set."""
+    cbs = []
+    monitor, mode = monitor_for(trial.task)
+    if trial.lr_schedule == "onecycle":
+        cbs.append(T.OneCycleLR(trial.learning_rate, epochs, trial.warmup))
+    elif trial.lr_schedule is None:
+        cbs.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=0.5, patience=3, min_lr=1e-5))
+    else:
+        raise ValueError(f"unknown lr_schedule '{trial.lr_schedule}'; valid: onecycle (or none).")
+    if trial.recon_weight and trial.task == "joint":
+        cbs.append(T.ReconWeightSchedule(model.loss["reconstruction"], *trial.recon_weight, epochs))
+    return cbs
+
+
+def _fit_and_record(trial, name, preset, seed, settings, run, data, model, upstream, callbacks, verbose):
     config = {"trial": trial.to_dict(), "preset": preset, "settings": settings, "seed": seed,
-              "upstream_run": upstream, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+              "upstream_run": upstream, "command": command_line(),
               "cwd": os.getcwd(), "data_source": data["source"], "versions": versions(),
               "train_images": len(data["y_train"]), "val_images": len(data["y_val"]), "test_images": len(data["y_test"]),
               "train_class_counts": np.bincount(data["y_train"], minlength=10).tolist(),
@@ -180,18 +232,23 @@ def run_trial(name, preset="quick", seed=0, out_dir=None, epochs=None, force=Fal
     (run / "checkpoints").mkdir(exist_ok=True)
     best_path = run / "checkpoints" / "best.weights.h5"
     cbs = [
-        keras.callbacks.BackupAndRestore(str(run / "backup")),
+        # kept between batch-size stages; removed below once the run is complete
+        keras.callbacks.BackupAndRestore(str(run / "backup"), delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(str(best_path), monitor=monitor, mode=mode, save_best_only=True,
                                         save_weights_only=True),
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=0.5, patience=3, min_lr=1e-5),
+        *trick_callbacks(trial, model, settings["epochs"]),
         keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
         keras.callbacks.TerminateOnNaN(),
         *callbacks,
     ]
     t0 = time.perf_counter()
-    model.fit(_batches(trial, data, settings, seed, train=True), validation_data=_batches(trial, data, settings, seed, False),
-              epochs=settings["epochs"], callbacks=cbs, verbose=verbose)
+    val = _batches(trial, data, settings, seed, False)
+    for first, end, batch_size in T.batch_stages(trial.batch_sizes or (trial.batch_size,), settings["epochs"]):
+        model._initial_epoch = None  # let BackupAndRestore (or this stage's start) decide where to begin
+        model.fit(_batches(trial, data, settings, seed, train=True, batch_size=batch_size), validation_data=val,
+                  initial_epoch=first, epochs=end, callbacks=cbs, verbose=verbose)
     train_seconds = time.perf_counter() - t0
+    shutil.rmtree(run / "backup", ignore_errors=True)
     if best_path.is_file():
         model.load_weights(best_path)
     model_tmp = run / ".model.tmp.keras"
@@ -222,6 +279,11 @@ def evaluate_model(model, trial, data, run, settings, seed) -> dict:
     infer_s = time.perf_counter() - t0
     names = data["class_names"]
     metrics = E.evaluate_outputs(trial.task, x_unit, data["y_test"], outputs, names)
+    if trial.tta_flip and trial.task != "autoencoder":
+        plain = metrics["test_accuracy"]
+        outputs = T.predict_tta(model, x_in)
+        metrics = E.evaluate_outputs(trial.task, x_unit, data["y_test"], outputs, names)
+        metrics["test_accuracy_without_tta"] = plain
     metrics["test_images"] = len(data["y_test"])
     metrics["inference_images_per_second"] = round(len(x_in) / max(infer_s, 1e-9), 1)
     figs = run / "figures"
@@ -261,7 +323,7 @@ def reevaluate(run_dir) -> dict:
     data = prepare_data(trial, config["settings"], config["seed"])
     stats = D.fit_scaling(data["x_train"], trial.scaling)
     data["scaling"] = None if trial.scaling == "unit" else stats
-    model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
+    model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True, compile=False)
     metrics = json.loads((run_dir / "metrics.json").read_text()) if is_complete(run_dir) else {}
     metrics.update(evaluate_model(model, trial, data, run_dir, config["settings"], config["seed"]))
     E.write_json_atomic(run_dir / "metrics.json", metrics)

@@ -7,7 +7,11 @@ study's length, for a GPU). A trial may override any preset field (e.g. fewer qu
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 PRESETS = {
     # train_images: None = the whole training subset; test_images: None = the full 10,000-image test set
@@ -37,6 +41,16 @@ class Trial:
     augmentation: dict | None = None
     class_weight: str | None = None  # None | "inverse" | "effective"
     loss_weights: dict | None = None
+    weight_decay: float | None = None  # decoupled (AdamW-style) weight decay, any optimizer
+    # tricks beyond the study (cifar_ae/tricks.py); each is off at its default
+    lr_schedule: str | None = None     # None: constant LR + ReduceLROnPlateau | "onecycle"
+    warmup: float = 0.2                # fraction of training spent warming up (onecycle)
+    label_smoothing: float = 0.0
+    recon_weight: tuple | None = None  # (start, end): reconstruction loss weight scheduled over the epochs
+    batch_sizes: tuple | None = None   # growing batch size, e.g. (128, 256, 512): equal stages of the epochs
+    tta_flip: bool = False             # evaluate on image + mirror, averaged
+    precision: str = "float32"         # "mixed_bfloat16" / "mixed_float16" for speed
+    strategy: str | None = None        # None | "mirrored": tf.distribute.MirroredStrategy over all devices
     presets: dict = field(default_factory=dict)  # per-preset overrides of PRESETS
     study: dict = field(default_factory=dict)    # the study's reported numbers, for reports
 
@@ -53,6 +67,19 @@ class Trial:
 def _joint(name, description, **kw):
     base = dict(task="joint", model="joint_model", loss_weights={"reconstruction": 1.0, "label": 1.0},
                 presets={"quick": {"epochs": 3}, "full": {"epochs": 100}})
+    return Trial(name, description, **{**base, **kw})
+
+
+V3_AUGMENTATION = {"policy": None, "flip": True, "translate": 4, "cutout": 8}
+
+
+def _v3(name, description, **kw):
+    """The stronger joint model: residual encoder, AdamW + one-cycle, label smoothing, recon-weight schedule."""
+    base = dict(task="joint", model="resnet_joint", model_args={"width": 32}, optimizer="adamw",
+                learning_rate=3e-3, weight_decay=5e-4, batch_size=256, lr_schedule="onecycle", warmup=0.25,
+                label_smoothing=0.1, recon_weight=(1.0, 1.0), augmentation=V3_AUGMENTATION, tta_flip=True,
+                loss_weights={"reconstruction": 1.0, "label": 1.0},
+                presets={"quick": {"epochs": 8}, "full": {"epochs": 30}}, study={"test_accuracy": 0.86})
     return Trial(name, description, **{**base, **kw})
 
 
@@ -79,6 +106,9 @@ TRIALS = {t.name: t for t in [
     _joint("v2-joint-aug-sgd", "Joint training with PIL augmentation, SGD, two Dense layers in the head.",
            model_args={"dense_units": (512, 256)}, augmentation=STUDY_AUGMENTATION, optimizer="sgd",
            learning_rate=0.01, study={"test_accuracy": 0.82}),
+    _v3("v3-joint-resnet", "Residual joint model: flip/translate/cutout, AdamW one-cycle, label smoothing, flip TTA."),
+    _v3("v3-joint-resnet-autoaugment", "v3-joint-resnet with the AutoAugment CIFAR-10 policy on top.",
+        augmentation={**V3_AUGMENTATION, "policy": "autoaugment-cifar10"}),
 ]}
 
 
@@ -87,3 +117,39 @@ def get_trial(name: str, **overrides) -> Trial:
     if name not in TRIALS:
         raise ValueError(f"unknown trial '{name}'; valid trials: {', '.join(TRIALS)}.")
     return dataclasses.replace(TRIALS[name], **overrides) if overrides else TRIALS[name]
+
+
+# --------------------------------------------------------------------------- tuned trials
+# `python -m cifar_ae tune` saves its best configuration as a trial in results/tuned_trials.json
+# ($CIFAR_AE_TUNED_TRIALS overrides the path); those records join TRIALS here, so `train NAME` reruns them.
+TUNED_TRIALS_FILE = Path(os.environ.get("CIFAR_AE_TUNED_TRIALS",
+                                        Path(__file__).resolve().parent.parent / "results" / "tuned_trials.json"))
+TUNED_NAMES: set = set()
+_study_get_trial = get_trial
+
+
+def load_tuned_trials(path=None) -> list:
+    """Add the trials in a tuned-trials JSON to TRIALS (never replacing a study trial); returns their names."""
+    path, names = Path(path or TUNED_TRIALS_FILE), {f.name for f in dataclasses.fields(Trial)}
+    try:
+        records = json.loads(path.read_text()).get("trials", []) if path.is_file() else []
+        trials = [Trial(**{k: v for k, v in r.items() if k in names}) for r in records]
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        warnings.warn(f"{path}: tuned trials not loaded ({type(e).__name__}: {e})")
+        return []
+    added = [t.name for t in trials if t.name not in TRIALS or t.name in TUNED_NAMES]
+    TRIALS.update({t.name: t for t in trials if t.name in added})
+    TUNED_NAMES.update(added)
+    return added
+
+
+def get_trial(name: str, **overrides) -> Trial:  # noqa: F811 - the study's get_trial, plus tuned builders
+    """The named trial, optionally with fields replaced (e.g. ``model_args={"tie_weights": True}``)."""
+    trial = _study_get_trial(name, **overrides)
+    if trial.model.startswith("tuned_"):  # builders of tuned trials live in cifar_ae.tuning (imports keras)
+        from .tuning import register_builders
+        register_builders()
+    return trial
+
+
+load_tuned_trials()
