@@ -61,6 +61,18 @@ def cmd_notebooks(args):
                   progress_bar=sys.stderr.isatty())
 
 
+def cmd_tune(args):
+    from .tuning import run_search
+    summary = run_search(args.tuner, args.max_trials, args.preset, args.model, args.seed, args.overwrite,
+                         epochs=args.epochs, runs_dir=args.out, results_dir=args.results, save_trial=args.save_trial,
+                         chief=args.chief, worker=args.worker, oracle_ip=args.oracle_ip, oracle_port=args.oracle_port,
+                         verbose=1 if sys.stdout.isatty() else 2)
+    if summary:
+        best = summary["best"]
+        print(json.dumps({"best_trial": best["trial_id"], "val_balanced_accuracy": best["val_balanced_accuracy"],
+                          "test_accuracy": best["test"]["test_accuracy"], "saved_trial": summary["saved_trial"]["name"]}))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cifar_ae", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +103,22 @@ def main(argv=None):
     p.add_argument("--force", action="store_true", help="FORCE=True: retrain runs the notebooks would reuse")
     p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="another notebook parameter")
     p.set_defaults(func=cmd_notebooks)
+    p = sub.add_parser("tune", help="keras-tuner search (random, bayesian, hyperband); resumes; chief/worker mode")
+    p.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="bayesian")
+    p.add_argument("--max-trials", type=int, required=True)
+    p.add_argument("--preset", default="quick", help="search size: smoke | quick | full (images and epochs per trial)")
+    p.add_argument("--model", choices=["joint", "feature-classifier"], default="joint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="start the search over instead of continuing it")
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs per trial")
+    p.add_argument("--out", default=None, help="runs root; the search lives in <out>/tuning/<model>-<tuner>-<preset>-s<seed>")
+    p.add_argument("--results", default="results", help="where tuning.json/.md/_scores.png and tuned_trials.json go")
+    p.add_argument("--save-trial", default=None, metavar="NAME", help="name of the saved best trial (default tuned-<model>-<tuner>-<preset>)")
+    p.add_argument("--chief", action="store_true", help="run the oracle for workers (KERASTUNER_TUNER_ID=chief)")
+    p.add_argument("--worker", default=None, metavar="ID", help="run trials for the chief (KERASTUNER_TUNER_ID=worker<ID>)")
+    p.add_argument("--oracle-ip", default=None, help="chief address (KERASTUNER_ORACLE_IP; default 127.0.0.1)")
+    p.add_argument("--oracle-port", type=int, default=None, help="chief port (KERASTUNER_ORACLE_PORT)")
+    p.set_defaults(func=cmd_tune)
     args = parser.parse_args(argv)
     _quiet_tensorflow()
     from .data import DataError
