@@ -530,7 +530,7 @@ def study_comparison(*runs) -> Table:
     full = {m.get("trial"): TRIALS[m["trial"]].settings("full")["epochs"] for m in (_load_run(r)[0] for r in runs if r is not None)
             if m.get("trial") in TRIALS}
     caption = ("The study's numbers come from full-length training (" + ", ".join(f"{k}: {v} epochs" for k, v in full.items())
-               + "); shorter presets are expected to fall short of them.")
+               + "); a shorter preset's numbers are indicative, not a reproduction.")
     return Table(["run", "preset", "metric", "this run", "study", "difference"], rows, caption)
 
 
