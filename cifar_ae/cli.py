@@ -73,6 +73,15 @@ def cmd_tune(args):
                           "test_accuracy": best["test"]["test_accuracy"], "saved_trial": summary["saved_trial"]["name"]}))
 
 
+def cmd_anomaly(args):
+    from .anomaly import cli_command, load_result, run_protocol
+    run = run_protocol(args.protocol, args.preset, args.seed, args.out, command=cli_command(),
+                       verbose=2 if args.verbose else 0)
+    result = load_result(run)
+    print((run / "auroc.md").read_text())
+    print(f"{run}: best {result['best']['score']} mean AUROC {result['best']['mean']:.1f}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cifar_ae", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +128,13 @@ def main(argv=None):
     p.add_argument("--oracle-ip", default=None, help="chief address (KERASTUNER_ORACLE_IP; default 127.0.0.1)")
     p.add_argument("--oracle-port", type=int, default=None, help="chief port (KERASTUNER_ORACLE_PORT)")
     p.set_defaults(func=cmd_tune)
+    p = sub.add_parser("anomaly", help="anomaly detection AUROC into runs/anomaly/<protocol>/<preset>-s<seed>")
+    p.add_argument("--protocol", required=True, choices=("one-class", "held-out", "corruptions"))
+    p.add_argument("--preset", default="quick")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="runs root (default: $CIFAR_AE_RUNS or ./runs)")
+    p.add_argument("--verbose", action="store_true", help="print Keras training progress")
+    p.set_defaults(func=cmd_anomaly)
     args = parser.parse_args(argv)
     _quiet_tensorflow()
     from .data import DataError
