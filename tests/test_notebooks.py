@@ -102,6 +102,18 @@ def test_table_renders_three_ways():
     assert str(table).splitlines()[2] == "x<y  1"
 
 
+def test_switched_off_variant_is_skipped_not_trained(tmp_path, capsys):
+    root = nb.variant_dir(tmp_path, "upsampling")
+    assert nb.run_trial_if(False, "v1-cnn-ae", "smoke", 0, out_dir=root) is None
+    assert "skipped" in capsys.readouterr().out
+    nb.show_figures(None)  # the cells after a skipped run show nothing and do not fail
+    assert nb.study_comparison(None).rows == []
+    run = root / "v1-cnn-ae" / "smoke-s0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    assert nb.run_trial_if(False, "v1-cnn-ae", "smoke", 0, out_dir=root) == run  # an existing run is still shown
+
+
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory):
     return tmp_path_factory.mktemp("nb_runs")
@@ -124,3 +136,7 @@ def test_notebook_runs_top_to_bottom_on_smoke(stem, smoke_runs, cifar_dir, capsy
     assert (folder / f"{stem}.html").stat().st_size > 10_000
     assert "\r" not in "".join(o.get("text", "") for o in outputs)  # progress bars collapsed to their last state
     assert "ok in" in capsys.readouterr().out
+    if stem == "cifar_classification_v1":  # the UpSampling2D variant has its own folder; the plain run is untouched
+        plain = json.loads((smoke_runs / "v1-cnn-ae" / "smoke-s0" / "config.json").read_text())
+        variant = json.loads((smoke_runs / "variants" / "upsampling" / "v1-cnn-ae" / "smoke-s0" / "config.json").read_text())
+        assert plain["trial"]["model_args"] == {} and variant["trial"]["model_args"] == {"upsampling": "upsampling"}
