@@ -61,6 +61,10 @@ TUNING_PRESETS = {
 }
 UPSTREAM = "v1-cnn-ae"  # the autoencoder whose frozen features the feature-classifier search classifies
 SIDECAR = "cifar_ae_trial.json"  # per trial: which tuner ran it, seconds, memory
+# Trials are a few hundred steps long. With Keras' default BatchNorm momentum (0.99) the moving statistics
+# used at validation still carry ~5-20% of their initial values after that, so validation scores would
+# mostly measure that lag (and favour small batches, i.e. more steps). Tuned models use 0.9.
+TRIAL_BN_MOMENTUM = 0.9
 
 
 # --------------------------------------------------------------------------- metric, models
@@ -124,8 +128,9 @@ def _decoder(code, filters, convs_per_block, kernel_size):
 
 
 def tuned_joint_model(filters=(32, 64), convs_per_block=2, kernel_size=3, head_filters=(128, 128),
-                      dense_units=(), dropout=0.3):
-    """models.joint_model with a kernel size for encoder and decoder (identical to it at kernel_size=3).
+                      dense_units=(), dropout=0.3, bn_momentum=0.99):
+    """models.joint_model with a kernel size for encoder and decoder and a BatchNorm momentum (identical to
+    it at kernel_size=3, bn_momentum=0.99).
 
     Registered as builder "tuned_joint_model", so a saved tuned trial reruns through `run_trial`.
     """
@@ -134,7 +139,16 @@ def tuned_joint_model(filters=(32, 64), convs_per_block=2, kernel_size=3, head_f
     reconstruction = _decoder(code, tuple(filters), int(convs_per_block), int(kernel_size))
     x = M.cnn_blocks(code, tuple(head_filters), 2, dropout, prefix="cls")
     label = M.classifier_head(x, tuple(dense_units), dropout=0.5)
-    return keras.Model(inputs, {"reconstruction": reconstruction, "label": label}, name="tuned_joint_model")
+    model = keras.Model(inputs, {"reconstruction": reconstruction, "label": label}, name="tuned_joint_model")
+    return set_bn_momentum(model, bn_momentum)
+
+
+def set_bn_momentum(model, momentum):
+    """Set every BatchNormalization layer's moving-average momentum (read when fit() traces its step)."""
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = float(momentum)
+    return model
 
 
 def register_builders():
@@ -161,7 +175,7 @@ def _training_space(hp, v):
 
 def joint_space(hp) -> dict:
     """The joint model's space; returns the values of `hp` as builder/training arguments."""
-    v = {"encoder_blocks": hp.Int("encoder_blocks", 1, 3, default=2),
+    v = {"encoder_blocks": hp.Int("encoder_blocks", 2, 3, default=2),  # 1 block = a 16x16 code: heavy head
          "convs_per_block": hp.Int("convs_per_block", 1, 2, default=2),
          "filters": hp.Choice("filters", [16, 32], default=32),  # first block; doubles per block, at most 128
          "kernel_size": hp.Choice("kernel_size", [3, 5], default=3),
@@ -186,7 +200,7 @@ def joint_model_args(v) -> dict:
     filters = [min(int(v["filters"]) * 2 ** b, 128) for b in range(int(v["encoder_blocks"]))]
     return {"filters": filters, "convs_per_block": int(v["convs_per_block"]), "kernel_size": int(v["kernel_size"]),
             "head_filters": [int(v["head_filters"])] * int(v["head_blocks"]), "dense_units": [],
-            "dropout": round(float(v["dropout"]), 3)}
+            "dropout": round(float(v["dropout"]), 3), "bn_momentum": TRIAL_BN_MOMENTUM}
 
 
 def classifier_model_args(v) -> dict:
@@ -285,7 +299,8 @@ class FeatureClassifierHyperModel(_CifarHyperModel):
         from .training import run_dir_for
         upstream = run_dir_for(UPSTREAM, self.preset, self.seed, self.runs_dir) / "model.keras"
         ae = keras.saving.load_model(upstream, safe_mode=True)
-        return M.feature_classifier(M.encoder_of(ae), **classifier_model_args(v))
+        # models.feature_classifier has no momentum argument: set it here (a rerun by name uses Keras' 0.99)
+        return set_bn_momentum(M.feature_classifier(M.encoder_of(ae), **classifier_model_args(v)), TRIAL_BN_MOMENTUM)
 
     def _compile(self, model, v):
         model.compile(make_optimizer(v["optimizer"], v["learning_rate"]), loss="sparse_categorical_crossentropy",
@@ -444,7 +459,7 @@ def run_search(tuner="bayesian", max_trials=10, preset="quick", model="joint", s
     settings = dict(TUNING_PRESETS[preset])
     if epochs is not None:
         settings["epochs"] = int(epochs)
-    if model == "feature-classifier" and role != "chief":
+    if model == "feature-classifier":  # every process builds on it (the chief too, to declare the space)
         ensure_upstream(preset, seed, runs_dir)
     hypermodel = HYPERMODELS[model](preset, seed, source, runs_dir)
     directory, name = tuning_dir(runs_dir), project_name(model, tuner, preset, seed)

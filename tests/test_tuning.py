@@ -43,7 +43,10 @@ def test_space_maps_to_builder_arguments():
     assert v["learning_rate"] == 1e-3 and v["optimizer"] == "adam"
     hp.values.update(encoder_blocks=3, filters=32, head_blocks=1, optimizer="sgd", learning_rate_sgd=0.05)
     v = T.joint_space(hp)
-    assert T.joint_model_args(v)["filters"] == [32, 64, 128] and T.joint_model_args(v)["head_filters"] == [128]
+    args = T.joint_model_args(v)
+    assert args["filters"] == [32, 64, 128] and args["head_filters"] == [128] and args["bn_momentum"] == 0.9
+    bns = [lay for lay in T.tuned_joint_model(**args).layers if "_bn" in lay.name]
+    assert bns and all(lay.momentum == 0.9 for lay in bns)  # short trials: BN statistics must keep up
     assert v["learning_rate"] == 0.05  # the active optimizer's own range
 
 
