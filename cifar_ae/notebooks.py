@@ -230,11 +230,17 @@ def parse_params(items) -> dict:
 def run_notebooks(names, preset="quick", seed=0, runs=None, out=None, cifar10_dir=None, force=False,
                   params=(), progress_bar=False) -> list[dict]:
     """The `notebooks` subcommand: execute each notebook, print one line each; raise NotebookFailed if any failed."""
-    specs = resolve(names)  # every name is checked before anything runs
+    specs = resolve(names)  # every name and parameter is checked before anything runs
     extra = parse_params(params)
+    declared = {spec.stem: notebook_parameters(NOTEBOOK_DIR / f"{spec.stem}.ipynb") for spec in specs}
+    for key in extra:  # a parameter goes to the notebooks that declare it (e.g. COMPARE_UPSAMPLING: v1 only)
+        if not any(key in d for d in declared.values()):
+            raise ValueError(f"unknown parameter {key} for {', '.join(declared)}; valid parameters: "
+                             f"{', '.join(dict.fromkeys(k for d in declared.values() for k in d))}.")
     records = []
     for spec in specs:
-        rec = execute(spec.stem, preset, seed, runs, out, cifar10_dir, force, extra, progress_bar=progress_bar)
+        mine = {k: v for k, v in extra.items() if k in declared[spec.stem]}
+        rec = execute(spec.stem, preset, seed, runs, out, cifar10_dir, force, mine, progress_bar=progress_bar)
         records.append(rec)
         status = "ok" if rec["ok"] else f"FAILED ({rec['error']})"
         print(f"{spec.stem} {preset}-s{seed}: {status} in {rec['seconds']:.1f} s -> {rec['html']}")
