@@ -38,7 +38,8 @@ def training_curves(history: dict) -> Figure:
                 ax.plot(epochs, history[f"val_{k}"], ls="--", color=line.get_color(), marker="o", ms=3, label=f"val {k}")
         ax.set_xlabel("epoch")
         ax.set_title("accuracy" if group is acc else "loss")
-        if group is loss and all(np.all(np.asarray(history[k]) > 0) for k in group):
+        values = np.concatenate([np.asarray(history[k], float) for k in group])
+        if group is loss and values.min() > 0 and values.max() / values.min() > 10:  # log only for wide ranges
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
