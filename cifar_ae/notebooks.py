@@ -307,6 +307,29 @@ def _strip_main(argv) -> int:
 
 # --------------------------------------------------------------------------- notebook helpers: setup and display
 
+def _import_tensorflow_quietly():
+    """Import TensorFlow with C-level stderr muted: its import-time absl/oneDNN lines would otherwise land in the
+    first cell's output of every notebook. Python errors still show (they go through sys.stderr, not fd 2)."""
+    if "tensorflow" in sys.modules:
+        return
+    try:
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    except Exception:
+        pass  # the real import (cifar_ae.training) raises it again, visibly
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved), os.close(devnull)
+
+
+if "ipykernel" in sys.modules:  # in a notebook kernel only; the CLI never imports TensorFlow through this module
+    _import_tensorflow_quietly()
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
