@@ -184,12 +184,15 @@ def execute(name, preset="quick", seed=0, runs=None, out=None, cifar10_dir=None,
         pm.execute_notebook(str(source), str(out_nb), parameters=params, kernel_name=kernel, cwd=str(NOTEBOOK_DIR),
                             progress_bar=progress_bar)
     except pm.PapermillExecutionError as e:
-        error = f"cell {e.exec_count} raised {e.ename}: {e.evalue}".splitlines()[0]
+        error = f"In [{e.exec_count}] raised {e.ename}: {e.evalue}".splitlines()[0]
+    except Exception as e:  # the kernel died (e.g. out of memory) or would not start
+        error = f"{type(e).__name__}: {e}".splitlines()[0]
     seconds = time.perf_counter() - t0
 
-    nb = _clean_streams(nbformat.read(out_nb, as_version=4))
-    nbformat.write(nb, out_nb)
-    export_html(nb, out_html)
+    if out_nb.is_file():
+        nb = _clean_streams(nbformat.read(out_nb, as_version=4))
+        nbformat.write(nb, out_nb)
+        export_html(nb, out_html)
     record = {"notebook": spec.stem, "source": str(source), "preset": preset, "seed": int(seed), "parameters": params,
               "kernel": kernel, "ok": error is None, "error": error,
               "started": datetime.fromtimestamp(started_wall, timezone.utc).isoformat(timespec="seconds"),

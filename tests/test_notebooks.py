@@ -96,6 +96,24 @@ def test_unknown_notebook_is_a_one_line_error(capsys):
     assert "unknown parameter NOPE" in capsys.readouterr().err
 
 
+def test_failing_notebook_is_reported_and_still_exported(tmp_path, monkeypatch, capsys):
+    broken = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('PRESET = "quick"\nSEED = 0\nCIFAR10_DIR = None\nRUNS = None\nFORCE = False',
+                                  metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell('raise RuntimeError("boom")')])
+    broken.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    (tmp_path / "nb").mkdir()
+    nbformat.write(broken, tmp_path / "nb" / "cifar_classification_v0.ipynb")
+    monkeypatch.setattr(nb, "NOTEBOOK_DIR", tmp_path / "nb")
+    assert cli.main(["notebooks", "--preset", "smoke", "--runs", str(tmp_path / "runs"), "v0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: 1 notebook(s) failed: cifar_classification_v0: In [3] raised RuntimeError: boom (see ")
+    folder = tmp_path / "runs" / "notebooks" / "cifar_classification_v0" / "smoke-s0"
+    assert (folder / "cifar_classification_v0.html").is_file()
+    timing = json.loads((folder / "timing.json").read_text())
+    assert not timing["ok"] and timing["runs"][0]["status"] == "missing"
+
+
 def test_table_renders_three_ways():
     table = nb.Table(["a", "b"], [["x<y", 1]], caption="c")
     assert "x&lt;y" in table._repr_html_() and "| x<y | 1 |" in table._repr_markdown_()
