@@ -1,6 +1,7 @@
 """The research notebooks: headless execution into run folders, and the display helpers the notebooks share.
 
     python -m cifar_ae notebooks --preset smoke v0 v1     # every notebook if no NAME is given
+    python -m cifar_ae notebooks --preset quick v1 -p COMPARE_UPSAMPLING=False   # other parameters: -p NAME=VALUE
 
 executes `notebooks/<stem>.ipynb` with papermill into `<runs>/notebooks/<stem>/<preset>-s<seed>/`:
 `<stem>.ipynb` (executed, with outputs), `<stem>.html` (nbconvert, readable without Jupyter) and
