@@ -72,9 +72,27 @@ def test_mahalanobis_far_point_scores_higher():
     assert d[2] == pytest.approx(100, rel=0.3)
 
 
+def test_fit_gaussian_matches_scikit_learn_ledoit_wolf():
+    from sklearn.covariance import LedoitWolf
+    rng = np.random.default_rng(1)
+    train = np.maximum(rng.normal(size=(400, 20)) @ rng.normal(size=(20, 20)), 0)  # ReLU-like, correlated
+    test = rng.normal(size=(10, 20))
+    np.testing.assert_allclose(A.mahalanobis(test, A.fit_gaussian(train)), LedoitWolf().fit(train).mahalanobis(test),
+                               rtol=1e-6)
+
+
 def test_fit_gaussian_rejects_too_few_points():
     with pytest.raises(ValueError, match="at least 2"):
         A.fit_gaussian(np.zeros((1, 4)))
+
+
+def test_contrast_normalizer_ignores_brightness_and_contrast():
+    x = textured_images(6)
+    dull = (x.astype(np.float32) * 0.5 + 60).astype(np.uint8)  # half the contrast, brighter
+    norm = A.ContrastNormalizer().fit(x)
+    out = norm.transform(x)
+    assert out.shape == x.shape and out.dtype == np.uint8
+    assert np.abs(norm.transform(dull).astype(int) - out).mean() < 3  # the same image, up to rounding
 
 
 def test_max_softmax_confident_scores_low():
@@ -94,7 +112,7 @@ def test_tiny_autoencoder_scores_noise_as_anomalous():
     model = A.train_autoencoder(smooth, epochs=12, batch_size=32, learning_rate=3e-3,
                                 model_args={"filters": (8, 16)}, seed=0)
     scorer = A.AnomalyScorer(model, tta=True).fit(smooth[:160], smooth[160:])
-    assert scorer.names == ["mse", "ssim", "mahalanobis", "mahalanobis_stats", "mse+mahalanobis"]
+    assert scorer.names == ["mse", "ssim", "mahalanobis", "mahalanobis_l2", "mahalanobis_stats_l2", "mse+mahalanobis"]
     normal, odd = scorer.score(smooth_images(16, seed=5)), scorer.score(noise_images(16))
     for name in scorer.names:
         assert normal[name].shape == (16,) and np.all(np.isfinite(normal[name]))
@@ -106,7 +124,7 @@ def test_joint_model_adds_max_softmax_and_checks_inputs():
     scorer = A.AnomalyScorer(M.joint_model(filters=(8, 16), head_filters=(8, 8)), feature_pool=2, tta=False)
     scorer.fit(smooth_images(24))
     scores = scorer.score(noise_images(4))
-    assert list(scores) == ["mse", "ssim", "mahalanobis", "mahalanobis_stats", "max_softmax"]
+    assert list(scores) == ["mse", "ssim", "mahalanobis", "mahalanobis_l2", "mahalanobis_stats_l2", "max_softmax"]
     with pytest.raises(DataError, match="uint8"):
         scorer.score(noise_images(4).astype(np.float32))
     with pytest.raises(ValueError, match="no layer 'nope'"):
