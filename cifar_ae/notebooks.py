@@ -450,7 +450,8 @@ def class_weight_table(trial, data, method=None) -> Table:
     used = (f"{trial.name} trains with class_weight='{trial.class_weight}'" if trial.class_weight else
             f"{trial.name} trains unweighted (class_weight=None); shown: what '{method}' would give")
     return Table(["class", "train images", "weight", "images x weight"], rows,
-                 f"{used}. Each image's label loss is multiplied by its class's weight; reconstruction is unweighted.")
+                 f"{used}. {'Each' if trial.class_weight else 'With weights, each'} image's label loss is multiplied "
+                 "by its class's weight; the reconstruction loss stays unweighted.")
 
 
 def trial_table(name, preset) -> Table:
