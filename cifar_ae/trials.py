@@ -15,7 +15,7 @@ from pathlib import Path
 
 PRESETS = {
     # train_images: None = the whole training subset; test_images: None = the full 10,000-image test set
-    "smoke": dict(epochs=1, train_images=256, val_images=64, test_images=256, tsne_points=100, workers=1),
+    "smoke": dict(epochs=1, train_images=256, val_images=64, test_images=256, tsne_points=0, workers=1),  # t-SNE off: seconds
     "quick": dict(epochs=5, train_images=None, val_images=2000, test_images=None, tsne_points=1000, workers=2),
     "full": dict(epochs=100, train_images=None, val_images=2000, test_images=None, tsne_points=2000, workers=4),
 }

@@ -124,3 +124,12 @@ def test_report_tables_every_run(runs_root, cifar_dir, tmp_path):
     assert "v0-mlp-ae" in trials
     for name in trials:
         assert f"| {name} | smoke | 0 |" in table
+
+
+def test_tsne_figure_colours_every_class():
+    from cifar_ae import plots
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 6)
+    feats = rng.normal(size=(60, 8)) + labels[:, None]
+    fig = plots.tsne(feats, labels, [f"c{i}" for i in range(10)])
+    assert len(fig.axes[0].collections) == 10
