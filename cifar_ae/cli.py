@@ -66,7 +66,7 @@ def cmd_tune(args):
     summary = run_search(args.tuner, args.max_trials, args.preset, args.model, args.seed, args.overwrite,
                          epochs=args.epochs, runs_dir=args.out, results_dir=args.results, save_trial=args.save_trial,
                          chief=args.chief, worker=args.worker, oracle_ip=args.oracle_ip, oracle_port=args.oracle_port,
-                         verbose=1 if sys.stdout.isatty() else 2)
+                         verbose=1 if sys.stdout.isatty() else 2, recycle_every=args.recycle_every)
     if summary:
         best = summary["best"]
         print(json.dumps({"best_trial": best["trial_id"], "val_balanced_accuracy": best["val_balanced_accuracy"],
@@ -127,6 +127,8 @@ def main(argv=None):
     p.add_argument("--worker", default=None, metavar="ID", help="run trials for the chief (KERASTUNER_TUNER_ID=worker<ID>)")
     p.add_argument("--oracle-ip", default=None, help="chief address (KERASTUNER_ORACLE_IP; default 127.0.0.1)")
     p.add_argument("--oracle-port", type=int, default=None, help="chief port (KERASTUNER_ORACLE_PORT)")
+    p.add_argument("--recycle-every", type=int, default=10, metavar="K",
+                   help="re-execute the process after K trials to return TensorFlow's memory (0: never)")
     p.set_defaults(func=cmd_tune)
     p = sub.add_parser("anomaly", help="anomaly detection AUROC into runs/anomaly/<protocol>/<preset>-s<seed>")
     p.add_argument("--protocol", required=True, choices=("one-class", "held-out", "corruptions"))

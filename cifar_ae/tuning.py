@@ -37,7 +37,9 @@ import gc
 import json
 import math
 import os
+import shlex
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -322,7 +324,16 @@ def _rss_mb():
 
 
 class _Recording:
-    """Tuner mixin: records who ran each trial and how long it took; clears the Keras session after it."""
+    """Tuner mixin: records who ran each trial and how long it took; clears the Keras session after it.
+
+    Keras models are freed by then, but TensorFlow 2.21 keeps each fit's traced step functions (~20-40 MB a
+    trial here, also in a plain Keras loop). With `recycle_every` K the process re-executes itself after K
+    trials (state is on disk, so the search simply continues), which returns that memory.
+    """
+    recycle_every = 0
+    recycle_argv = None
+    recycle_command = None
+    trials_here = 0
 
     def run_trial(self, trial, *args, **kwargs):
         t0, rss0, status = time.perf_counter(), _rss_mb(), "failed"
@@ -340,6 +351,16 @@ class _Recording:
         super().on_trial_end(trial)
         keras.backend.clear_session()
         gc.collect()
+        self.trials_here += 1
+        remaining = getattr(self.oracle, "remaining_trials", None)  # a worker's OracleClient has none
+        more = remaining is None or remaining() is None or remaining() > 0
+        if self.recycle_every and self.recycle_argv and self.trials_here >= self.recycle_every and more:
+            print(f"[tune] {self.trials_here} trials in this process (RSS {_rss_mb()} MB): re-executing it to "
+                  "return TensorFlow's memory; the search continues from its project directory", flush=True)
+            sys.stderr.flush()
+            if self.recycle_command:  # so the next process records the command as it was typed
+                os.environ["CIFAR_AE_TUNE_COMMAND"] = self.recycle_command
+            os.execv(self.recycle_argv[0], self.recycle_argv)
 
 
 class RandomTuner(_Recording, kt.RandomSearch):
@@ -440,10 +461,12 @@ def configure_distributed(chief=False, worker=None, oracle_ip=None, oracle_port=
 
 def run_search(tuner="bayesian", max_trials=10, preset="quick", model="joint", seed=0, overwrite=False,
                epochs=None, runs_dir=None, results_dir="results", save_trial=None, chief=False, worker=None,
-               oracle_ip=None, oracle_port=None, source=None, verbose=1, command=None) -> dict | None:
+               oracle_ip=None, oracle_port=None, source=None, verbose=1, command=None, recycle_every=0,
+               recycle_argv=None) -> dict | None:
     """Run (or continue) a search; the chief or single process then scores the best configuration on the test
     set once and writes tuning.json / tuning.md / tuning_scores.png to `results_dir`. Returns that summary
-    (None on a worker)."""
+    (None on a worker). `recycle_every` K: re-execute `recycle_argv` (default: this `python -m cifar_ae tune`
+    command without --overwrite) after every K trials, to keep memory flat."""
     if model not in MODELS:
         raise ValueError(f"unknown model '{model}'; valid models: {', '.join(MODELS)}.")
     if preset not in TUNING_PRESETS:
@@ -464,6 +487,10 @@ def run_search(tuner="bayesian", max_trials=10, preset="quick", model="joint", s
     hypermodel = HYPERMODELS[model](preset, seed, source, runs_dir)
     directory, name = tuning_dir(runs_dir), project_name(model, tuner, preset, seed)
     t = make_tuner(tuner, hypermodel, int(max_trials), settings["epochs"], seed, directory, name, overwrite)
+    cli_command, cli_argv = _cli_invocation()
+    command = command or cli_command
+    if role != "chief" and recycle_every:  # the chief trains nothing
+        t.recycle_every, t.recycle_argv, t.recycle_command = int(recycle_every), recycle_argv or cli_argv, command
     address = f"{os.environ.get('KERASTUNER_ORACLE_IP')}:{os.environ.get('KERASTUNER_ORACLE_PORT')}"
     where = {"single": "", "chief": f" as chief on {address}",
              "worker": f" as {os.environ.get('KERASTUNER_TUNER_ID')} of the chief at {address}"}[role]
@@ -478,6 +505,16 @@ def run_search(tuner="bayesian", max_trials=10, preset="quick", model="joint", s
     return finalize(t, hypermodel, tuner=tuner, model=model, preset=preset, seed=seed, max_trials=int(max_trials),
                     settings=settings, results_dir=results_dir, save_trial=save_trial, role=role,
                     command=command, search_seconds=time.perf_counter() - t0)
+
+
+def _cli_invocation():
+    """(command as typed, argv to re-execute) when this process is `python -m cifar_ae tune ...`, else (None, None)."""
+    if sys.argv[1:2] != ["tune"]:
+        return None, None
+    command = os.environ.pop("CIFAR_AE_TUNE_COMMAND", None) or \
+        "python -m cifar_ae " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    # never --overwrite again: the re-executed process must continue the search, not wipe it
+    return command, [sys.executable, "-m", "cifar_ae"] + [a for a in sys.argv[1:] if a != "--overwrite"]
 
 
 # --------------------------------------------------------------------------- results
@@ -644,7 +681,6 @@ def _best_model(t, best, epochs):
 def finalize(t, hypermodel, tuner, model, preset, seed, max_trials, settings, results_dir, save_trial=None,
              role="single", command=None, search_seconds=None) -> dict:
     """Score the best configuration on the test set (once) and write the results."""
-    import sys
     from .training import versions
     rows = collect_trials(t.project_dir, list(t.oracle.trials.values()))
     completed = [r for r in rows if r["score"] is not None and r["status"] == "COMPLETED"]
@@ -671,8 +707,7 @@ def finalize(t, hypermodel, tuner, model, preset, seed, max_trials, settings, re
                    f"val balanced acc {best_row['score']:.3f}; see results/tuning.json.")
     record = tuned_trial_record(hypermodel, values, trial_name, description)
     if command is None:
-        argv = sys.argv[1:] if Path(sys.argv[0]).name in ("__main__.py", "cifar-ae") else sys.argv
-        command = "python -m cifar_ae " + " ".join(argv)
+        command = " ".join(shlex.quote(a) for a in sys.argv)
     summary = {
         "command": command,
         "tuner": tuner, "model": model, "preset": preset, "seed": seed, "mode": role,

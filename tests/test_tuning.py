@@ -109,7 +109,7 @@ def test_tuned_trials_join_trials_but_never_replace_study_ones(tmp_path, monkeyp
 # --------------------------------------------------------------------------- searches (smoke preset)
 
 def _env(tmp_path):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1",
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", "CIFAR_AE_TUNE_COMMAND": "",
            "CIFAR_AE_TUNED_TRIALS": str(tmp_path / "results" / "tuned_trials.json")}
     for k in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
         env.pop(k, None)
@@ -131,16 +131,27 @@ def test_search_resumes_writes_results_and_saves_a_trial_that_reruns_by_name(tmp
     runs, results = tmp_path / "runs", tmp_path / "results"
     kw = dict(tuner="random", preset="smoke", model="joint", seed=0, runs_dir=runs, results_dir=results,
               save_trial="tuned-test", verbose=0, command="test")
-    first = T.run_search(max_trials=1, **kw)
+    class Reexec(Exception):
+        pass
+
+    def fake_execv(path, argv):  # what --recycle-every does after K trials; here it ends the "process"
+        raise Reexec(argv)
+
+    monkeypatch.setattr(os, "execv", fake_execv)
+    with pytest.raises(Reexec, match="'--max-trials', '2'"):
+        T.run_search(max_trials=2, recycle_every=1, recycle_argv=["python", "-m", "cifar_ae", "tune", "--max-trials", "2"],
+                     **kw)
     project = runs / "tuning" / "joint-random-smoke-s0"
     before = _trial_records(project)
     assert list(before) == ["trial_0"] and before["trial_0"][0]["status"] == "COMPLETED"
+    assert os.environ.pop("CIFAR_AE_TUNE_COMMAND") == "test"  # the next process records the typed command
 
-    second = T.run_search(max_trials=2, **kw)  # same project: continues, trial 0 is not rerun
+    second = T.run_search(max_trials=2, **kw)  # the same search, restarted: continues, trial 0 is not rerun
     after = _trial_records(project)
     assert list(after) == ["trial_0", "trial_1"]
     assert after["trial_0"] == before["trial_0"]
-    assert len(second["trials"]) == 2 and first["trials"][0]["score"] == second["trials"][0]["score"]
+    assert len(second["trials"]) == 2 and second["trials"][0]["score"] == before["trial_0"][0]["score"]
+    assert after["trial_1"][1]["pid"] == os.getpid()
 
     summary = json.loads((results / "tuning.json").read_text())
     assert summary["tuner"] == "random" and summary["command"] == "test"
