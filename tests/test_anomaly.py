@@ -174,6 +174,14 @@ def test_auroc_table_and_markdown():
     assert "| mse | **100.0** | **100.0** |" in md and "| Deep SVDD | 59.1 | 64.8 |" in md
 
 
+def test_corruption_table_has_every_severity():
+    table = {"mse": {f"{c}/s{s}": 50.0 + s for c in A.CORRUPTIONS for s in A.SEVERITIES}}
+    table["mse"]["mean"] = 53.0
+    md = A.corruption_markdown(table)
+    assert "| contrast | 51.0 | 52.0 | 53.0 | 54.0 | 55.0 | 53.0 |" in md
+    assert len(A.severity_curves(table).axes) == 1
+
+
 # --------------------------------------------------------------------------- CLI
 
 @pytest.mark.slow
