@@ -613,8 +613,8 @@ def run_protocol(protocol, preset="quick", seed=0, out_dir=None, source=None, co
     run.mkdir(parents=True, exist_ok=True)
     d = D.load_cifar10(source)
     command = command or f"cifar_ae.anomaly.run_protocol({protocol!r}, preset={preset!r}, seed={seed})"
-    config = {"protocol": protocol, "preset": preset, "seed": seed, "settings": settings, "command": command,
-              "cwd": os.getcwd(), "data_source": d.source, "versions": versions(),
+    config = {"protocol": protocol, "preset": preset, "seed": seed, "settings": settings, "scores": list(SCORES),
+              "command": command, "cwd": os.getcwd(), "data_source": d.source, "versions": versions(),
               "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     write_json_atomic(run / "config.json", config)
     t0 = time.perf_counter()
@@ -628,10 +628,14 @@ def run_protocol(protocol, preset="quick", seed=0, out_dir=None, source=None, co
 
 
 def _reset_if_changed(run, settings):
+    """Delete a run folder made with other settings or another set of scores: its cached scores would mislead."""
     import json
     import shutil
     cfg = run / "config.json"
-    if cfg.is_file() and json.loads(cfg.read_text()).get("settings") != json.loads(json.dumps(settings)):
+    if not cfg.is_file():
+        return
+    old = json.loads(cfg.read_text())
+    if old.get("settings") != json.loads(json.dumps(settings)) or old.get("scores", list(SCORES)) != list(SCORES):
         shutil.rmtree(run)
 
 
@@ -802,7 +806,6 @@ def load_result(run) -> dict:
 
 
 def cli_command() -> str:
-    """How this process was started, for config.json ('python -m cifar_ae ...' rather than '__main__.py ...')."""
-    prog = Path(sys.argv[0]).name
-    prog = "python -m cifar_ae" if prog == "__main__.py" else prog
-    return " ".join([prog] + sys.argv[1:])
+    """How this process was started, for config.json (see cifar_ae.runinfo)."""
+    from .runinfo import command_line
+    return command_line()

@@ -138,6 +138,8 @@ def main(argv=None):
     p.add_argument("--verbose", action="store_true", help="print Keras training progress")
     p.set_defaults(func=cmd_anomaly)
     args = parser.parse_args(argv)
+    from .runinfo import set_command
+    set_command(sys.argv[1:] if argv is None else argv)
     _quiet_tensorflow()
     from .data import DataError
     try:

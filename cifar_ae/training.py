@@ -20,6 +20,7 @@ import keras
 
 from . import data as D, evaluate as E, models as M, plots as P, tricks as T
 from .batches import ArrayBatches
+from .runinfo import command_line
 from .trials import get_trial
 
 DEFAULT_OUT = Path(os.environ.get("CIFAR_AE_RUNS", "runs"))
@@ -126,13 +127,6 @@ def versions() -> dict:
     return {"python": platform.python_version(), "keras": keras.__version__, "backend": keras.backend.backend(),
             "tensorflow": tf.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__,
             "platform": platform.platform()}
-
-
-def command_line() -> str:
-    """How this process was started, as a user would retype it."""
-    prog = Path(sys.argv[0]).name
-    prog = "python -m cifar_ae" if prog == "__main__.py" else prog
-    return " ".join([prog] + sys.argv[1:])
 
 
 def _read_history(path) -> dict:

@@ -1,0 +1,23 @@
+"""The command line a run records in its config.json (light: no Keras import)."""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+_command: str | None = None
+
+
+def set_command(argv) -> None:
+    """Called by the CLI with the arguments it parsed, so `main([...])` records them too (not pytest's argv)."""
+    global _command
+    _command = "python -m cifar_ae " + shlex.join(argv)
+
+
+def command_line() -> str:
+    """How this run was started, as a user would retype it."""
+    if _command is not None:
+        return _command
+    prog = Path(sys.argv[0]).name
+    prog = "python -m cifar_ae" if prog == "__main__.py" else prog
+    return " ".join([prog] + sys.argv[1:])
