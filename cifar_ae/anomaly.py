@@ -666,12 +666,17 @@ def _unit_figures(figs, name, images, unit, title):
     save(extremes_grid(images, s[best], y, title=f"{title}, {best}"), figs / f"{name}_extremes.png")
 
 
+def _units_and_test(d, st, key, seed):
+    """The class names a protocol loops over (settings[key]) and its stratified test subsample."""
+    units = [D.CLASS_NAMES[D.class_index(c)] for c in st[key]]
+    test_idx = _subsample(len(d.y_test), st["test_images"], seed, d.y_test)
+    return units, test_idx, d.x_test[test_idx], d.y_test[test_idx]
+
+
 def _one_class(d, st, seed, run, verbose):
     """Train on one class, score the test set; AUROC of that class against the rest, for each class."""
     from .plots import save
-    units = [D.CLASS_NAMES[D.class_index(c)] for c in st["classes"]]
-    test_idx = _subsample(len(d.y_test), st["test_images"], seed, d.y_test)
-    x_test, y_test = d.x_test[test_idx], d.y_test[test_idx]
+    units, test_idx, x_test, y_test = _units_and_test(d, st, "classes", seed)
     results = {}
     for u in units:
         c = D.class_index(u)
@@ -703,9 +708,7 @@ def _held_out(d, st, seed, run, verbose):
     """Joint model on nine classes of the imbalanced set; the tenth class is the anomaly."""
     from .plots import save
     x_all, y_all, _ = D.make_imbalanced(d.x_train, d.y_train, d.train_files)
-    units = [D.CLASS_NAMES[D.class_index(c)] for c in st["heldout"]]
-    test_idx = _subsample(len(d.y_test), st["test_images"], seed, d.y_test)
-    x_test, y_test = d.x_test[test_idx], d.y_test[test_idx]
+    units, test_idx, x_test, y_test = _units_and_test(d, st, "heldout", seed)
     results = {}
     for u in units:
         c = D.class_index(u)
