@@ -1,6 +1,7 @@
 """The fast path: a picklable batch augmenter for ``cifar_ae.batches.ArrayBatches(transform=...)``.
 
-Flip, pad-and-crop and cutout run vectorised over the whole uint8 batch; the Pillow policy runs per image.
+Everything runs vectorised over the whole uint8 batch: the policy through the ops' numpy kernels
+(``augment.kernels``, Pillow-exact), then flip, pad-and-crop and cutout.
 ArrayBatches calls it inside its PyDataset workers (``workers=2, use_multiprocessing=True``), so
 augmentation runs beside training instead of in front of it.
 """
@@ -10,10 +11,10 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .ops import FILL, check_rng
-from .policies import get_policy, run_policy
+from .policies import get_policy, run_policy, run_policy_batch
 
 PAD_MODES = {"reflect": "reflect", "zero": "constant"}  # our name -> np.pad mode
-AUGMENTER_KEYS = ("policy", "flip", "translate", "pad_mode", "cutout")
+AUGMENTER_KEYS = ("policy", "flip", "translate", "pad_mode", "cutout", "vectorised")
 
 
 def check_batch(images):
@@ -56,7 +57,7 @@ def cutout(images, size, rng):
 
 
 def apply_policy_batch(images, policy, rng):
-    """The Pillow policy, image by image (``policy`` already validated)."""
+    """The Pillow policy, image by image (``policy`` already validated): the reference for run_policy_batch."""
     out = images.copy()
     for i, img in enumerate(images):
         result = run_policy(img, policy, rng)
@@ -72,9 +73,11 @@ class BatchAugmenter:
     is drawn from the rng it is given, so ArrayBatches' (seed, epoch, batch) rng makes batches reproducible.
     policy: a name in ``augment.POLICIES``, a policy dict, or None for the base augmentation only.
     translate: pad-and-crop shift in px (0 = off); pad_mode: 'reflect' or 'zero'. cutout: square side in px.
+    vectorised: run the policy's ops as numpy kernels over the batch (default) or through Pillow per image.
     """
 
-    def __init__(self, policy="autoaugment-cifar10", flip=True, translate=4, pad_mode="reflect", cutout=0):
+    def __init__(self, policy="autoaugment-cifar10", flip=True, translate=4, pad_mode="reflect", cutout=0,
+                 vectorised=True):
         if pad_mode not in PAD_MODES:
             raise ValueError(f"unknown pad_mode {pad_mode!r}; valid: {', '.join(PAD_MODES)}.")
         for name, value in (("translate", translate), ("cutout", cutout)):
@@ -83,12 +86,13 @@ class BatchAugmenter:
         self.policy = policy
         self.rules = None if policy is None else get_policy(policy)
         self.flip, self.translate, self.pad_mode, self.cutout = bool(flip), int(translate), pad_mode, int(cutout)
+        self.vectorised = bool(vectorised)  # False: the policy through Pillow image by image (slower, for comparison)
 
     def __call__(self, images, rng):
         out = check_batch(images)
         check_rng(rng)
         if self.rules is not None:
-            out = apply_policy_batch(out, self.rules, rng)
+            out = (run_policy_batch if self.vectorised else apply_policy_batch)(out, self.rules, rng)
         if self.translate:
             out = pad_and_crop(out, self.translate, rng, self.pad_mode)
         if self.flip:
@@ -100,7 +104,7 @@ class BatchAugmenter:
     def __repr__(self):
         policy = self.policy if self.policy is None or isinstance(self.policy, str) else "<custom>"
         return (f"BatchAugmenter(policy={policy!r}, flip={self.flip}, translate={self.translate}, "
-                f"pad_mode={self.pad_mode!r}, cutout={self.cutout})")
+                f"pad_mode={self.pad_mode!r}, cutout={self.cutout}, vectorised={self.vectorised})")
 
 
 def make_augmenter(config):

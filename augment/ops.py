@@ -1,8 +1,10 @@
 """Pillow image operations in one registry, and the mapping from a magnitude level to each op's argument.
 
-``OPS[name] = Op(fn, to_arg, max_value, wide_max)``: ``fn(pil_image, arg) -> pil_image`` does the work;
+``OPS[name] = Op(fn, to_arg, max_value, wide_max, batch)``: ``fn(pil_image, arg) -> pil_image`` does the work;
 ``to_arg(level, max_value, rng) -> arg`` maps a level in 0..MAX_LEVEL linearly onto the op's range
-(``max_value`` for the AutoAugment/CIFAR-10 space, ``wide_max`` for TrivialAugment-wide). Adding an op is one entry.
+(``max_value`` for the AutoAugment/CIFAR-10 space, ``wide_max`` for TrivialAugment-wide); ``batch`` is the same op
+in numpy over a whole uint8 batch (``augment.kernels``; optional: without it the fast path runs ``fn`` image by
+image). Adding an op is one entry.
 The table of ranges is in the package docstring (``help(augment)``).
 """
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+
+from . import kernels as K
 
 MAX_LEVEL = 10  # AutoAugment's magnitude scale; policies with finer bins rescale onto it
 SPACES = ("standard", "wide")  # AutoAugment/torchvision CIFAR-10 ranges; TrivialAugment-wide ranges
@@ -134,25 +138,26 @@ class Op(NamedTuple):
     to_arg: Callable  # (level, max_value, rng) -> arg
     max_value: float | None = None  # AutoAugment / torchvision CIFAR-10 range at level 10
     wide_max: float | None = None  # TrivialAugment-wide range at level 10
+    batch: Callable | None = None  # (uint8 batch, [arg per image]) -> uint8 batch, Pillow-exact (augment.kernels)
 
 
 OPS = {
-    "Identity": Op(identity, _no_arg),
-    "AutoContrast": Op(auto_contrast, _no_arg),
-    "Equalize": Op(equalize, _no_arg),
-    "Invert": Op(invert, _no_arg),
-    "Contrast": Op(contrast, _enhance_factor, 0.9, 0.99),
-    "Brightness": Op(brightness, _enhance_factor, 0.9, 0.99),
-    "Color": Op(color, _enhance_factor, 0.9, 0.99),
-    "Sharpness": Op(sharpness, _enhance_factor, 0.9, 0.99),
-    "Posterize": Op(posterize, _posterize_bits, 4, 6),
-    "Solarize": Op(solarize, _solarize_threshold, 256, 256),
-    "Rotate": Op(rotate, _signed, 30.0, 135.0),
-    "ShearX": Op(shear_x, _signed, 0.3, 0.99),
-    "ShearY": Op(shear_y, _signed, 0.3, 0.99),
-    "TranslateX": Op(translate_x, _signed, 150 / 331, 1.0),  # wide: 32 px of 32
-    "TranslateY": Op(translate_y, _signed, 150 / 331, 1.0),
-    "Cutout": Op(cutout, _cutout_box, 0.2, 0.2),
+    "Identity": Op(identity, _no_arg, batch=K.identity),
+    "AutoContrast": Op(auto_contrast, _no_arg, batch=K.auto_contrast),
+    "Equalize": Op(equalize, _no_arg, batch=K.equalize),
+    "Invert": Op(invert, _no_arg, batch=K.invert),
+    "Contrast": Op(contrast, _enhance_factor, 0.9, 0.99, K.contrast),
+    "Brightness": Op(brightness, _enhance_factor, 0.9, 0.99, K.brightness),
+    "Color": Op(color, _enhance_factor, 0.9, 0.99, K.color),
+    "Sharpness": Op(sharpness, _enhance_factor, 0.9, 0.99, K.sharpness),
+    "Posterize": Op(posterize, _posterize_bits, 4, 6, K.posterize),
+    "Solarize": Op(solarize, _solarize_threshold, 256, 256, K.solarize),
+    "Rotate": Op(rotate, _signed, 30.0, 135.0, K.rotate),
+    "ShearX": Op(shear_x, _signed, 0.3, 0.99, K.shear_x),
+    "ShearY": Op(shear_y, _signed, 0.3, 0.99, K.shear_y),
+    "TranslateX": Op(translate_x, _signed, 150 / 331, 1.0, K.translate_x),  # wide: 32 px of 32
+    "TranslateY": Op(translate_y, _signed, 150 / 331, 1.0, K.translate_y),
+    "Cutout": Op(cutout, _cutout_box, 0.2, 0.2, K.cutout),
 }
 
 
@@ -214,6 +219,14 @@ def op_argument(name, level, rng, space="standard"):
 def run_op(img: Image.Image, name, level, rng, space="standard") -> Image.Image:
     """Apply a registered op to a PIL image without re-validating (the per-image hot path)."""
     return OPS[name].fn(img, op_argument(name, level, rng, space))
+
+
+def run_op_batch(images, name, args):
+    """Apply a registered op to a uint8 batch, image i with args[i]: its numpy kernel, else Pillow per image."""
+    op = OPS[name]
+    if op.batch is not None:
+        return op.batch(images, args)
+    return np.stack([np.asarray(op.fn(Image.fromarray(img), arg)) for img, arg in zip(images, args)])
 
 
 def apply_op(img, name, level, rng, space="standard"):

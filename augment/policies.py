@@ -16,9 +16,10 @@ from __future__ import annotations
 import itertools
 from numbers import Real
 
+import numpy as np
 from PIL import Image
 
-from .ops import MAX_LEVEL, check_level, check_rng, check_space, get_op, like_input, run_op, to_pil
+from .ops import MAX_LEVEL, check_level, check_rng, check_space, get_op, like_input, op_argument, run_op, run_op_batch, to_pil
 
 DEFAULT_BINS = 31  # torchvision's num_magnitude_bins for RandAugment and TrivialAugment
 
@@ -119,8 +120,8 @@ def get_policy(policy) -> dict:
     return check_policy(policy)
 
 
-def random_level(rng, bins):
-    return rng.integers(bins) * MAX_LEVEL / (bins - 1)
+def random_level(rng, bins, size=None):
+    return rng.integers(bins, size=size) * MAX_LEVEL / (bins - 1)
 
 
 def run_policy(img, policy: dict, rng):
@@ -133,6 +134,32 @@ def run_policy(img, policy: dict, rng):
             pil = img if isinstance(img, Image.Image) else Image.fromarray(img)
             img = run_op(pil, name, random_level(rng, bins) if level is None else level, rng, space)
     return img
+
+
+def run_policy_batch(images, policy: dict, rng):
+    """The same rule as run_policy over a uint8 batch (policy already validated), one numpy kernel call per op
+    and step instead of one Pillow call per image: each image picks a sub-policy, then step by step the images
+    whose step fires are grouped by op. Draws differ from run_policy's, so the same seed gives other samples."""
+    subpolicies = policy["subpolicies"]
+    space, bins = policy.get("space", "standard"), policy.get("bins", DEFAULT_BINS)
+    chosen = rng.integers(len(subpolicies), size=len(images))
+    out = images
+    for j in range(max(map(len, subpolicies))):
+        fires = rng.random(len(images))
+        random_levels = random_level(rng, bins, size=len(images))
+        groups = {}  # (op, level) per image whose step j fires, grouped by op
+        for i, s in enumerate(chosen):
+            if j < len(subpolicies[s]):
+                name, prob, level = subpolicies[s][j]
+                if fires[i] < prob:
+                    groups.setdefault(name, []).append((i, random_levels[i] if level is None else level))
+        for name, members in groups.items():
+            index = np.array([i for i, _ in members])
+            args = [op_argument(name, level, rng, space) for _, level in members]
+            if out is images:
+                out = images.copy()
+            out[index] = run_op_batch(out[index], name, args)
+    return out
 
 
 def apply_policy(img, policy, rng):

@@ -54,11 +54,16 @@ class TestEveryEpoch(keras.callbacks.Callback):
         print(f"  epoch {epoch + 1}: test accuracy {acc:.4f}  recon MSE {mse:.5f}", flush=True)
 
 
-def throughput(trial_name, batch_size=128, images=2560, repeats=3):
-    """Training images/s of a trial's model on random uint8 batches (same input path as run_trial)."""
-    trial = get_trial(trial_name)
+def throughput(trial_name, batch_size=128, images=2560, repeats=3, **overrides):
+    """Training images/s of a trial's model (at its own precision) on random uint8 batches, same input path as run_trial."""
+    trial = get_trial(trial_name, **overrides)
     keras.utils.set_random_seed(0)
-    model = compile_model(M.BUILDERS[trial.model](**trial.model_args), trial)
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(trial.precision)
+    try:
+        model = compile_model(M.BUILDERS[trial.model](**trial.model_args), trial)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
     rng = np.random.default_rng(0)
     ds = ArrayBatches(rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, images),
                       batch_size=batch_size, targets="joint")

@@ -274,6 +274,68 @@ def test_vectorised_base_ops(images):
     assert changed.max() <= 64 and (cut[(cut != images).any(-1)] == 128).all()
 
 
+@pytest.mark.parametrize("space", ops.SPACES)
+@pytest.mark.parametrize("name", [n for n in ops.OPS if ops.OPS[n].batch is not None])
+def test_numpy_kernel_matches_pillow_exactly(images, name, space):
+    """The fast path's kernel gives Pillow's pixels, for every level in 0..10 and random signs."""
+    rng = np.random.default_rng(3)
+    x = np.concatenate([images, images[:, ::-1]])[:22]  # 22 images: every level 0..10 twice
+    args = [ops.op_argument(name, level % 11, rng, space) for level in range(len(x))]
+    pillow = np.stack([np.asarray(ops.OPS[name].fn(Image.fromarray(img), arg)) for img, arg in zip(x, args)])
+    out = ops.run_op_batch(x, name, args)
+    assert out.dtype == np.uint8 and out.shape == x.shape
+    np.testing.assert_array_equal(out, pillow)
+
+
+def test_kernels_on_edge_cases():
+    """Flat, two-valued and saturated images: the branches where Pillow leaves a channel unchanged."""
+    flat = np.full((1, 32, 32, 3), 77, np.uint8)
+    two = np.where(np.arange(32)[None, :, None, None] < 16, 10, 200).astype(np.uint8).repeat(32, 2).repeat(3, 3)
+    two = two.transpose(0, 2, 1, 3).copy()
+    extremes = np.zeros((1, 32, 32, 3), np.uint8)
+    extremes[0, ::2] = 255
+    for x in (flat, two, extremes):
+        for name in ("Equalize", "AutoContrast", "Contrast", "Sharpness", "Rotate"):
+            arg = 90.0 if name == "Rotate" else (1.7 if name in ("Contrast", "Sharpness") else None)
+            expected = np.asarray(ops.OPS[name].fn(Image.fromarray(x[0]), arg))
+            np.testing.assert_array_equal(ops.run_op_batch(x, name, [arg])[0], expected, err_msg=name)
+
+
+def test_vectorised_policy_matches_pillow_path_when_it_draws_nothing(images):
+    """A policy whose steps always fire at fixed levels and draw no sign: both paths give the same pixels."""
+    policy = {"subpolicies": [[("Equalize", 1.0, 0), ("Posterize", 1.0, 6), ("AutoContrast", 1.0, 0)],
+                              [("Solarize", 1.0, 4), ("Invert", 1.0, 0)]]}
+    fast = augment.BatchAugmenter(policy, flip=False, translate=0)
+    slow = augment.BatchAugmenter(policy, flip=False, translate=0, vectorised=False)
+    one_subpolicy = {"subpolicies": policy["subpolicies"][:1]}
+    np.testing.assert_array_equal(augment.BatchAugmenter(one_subpolicy, flip=False, translate=0)(images, np.random.default_rng(0)),
+                                  augment.BatchAugmenter(one_subpolicy, flip=False, translate=0, vectorised=False)(
+                                      images, np.random.default_rng(0)))
+    a, b = fast(images, np.random.default_rng(5)), slow(images, np.random.default_rng(5))
+    per_image = [np.asarray(augment.apply_policy(img, {"subpolicies": [sub]}, np.random.default_rng(0)))
+                 for img in images for sub in policy["subpolicies"]]
+    for out in (a, b):  # each output is one of its image's two sub-policy results
+        for i, img in enumerate(out):
+            assert any(np.array_equal(img, per_image[2 * i + j]) for j in range(2))
+
+
+def test_vectorised_policy_fires_ops_at_their_probabilities(cifar_images):
+    """Same rule as the Pillow path: 'study' changes ~1-(1/2)^3 of images with p=0.5 per op (some draws are no-ops)."""
+    x = np.concatenate([cifar_images] * 16)  # 512 images
+    out = augment.BatchAugmenter("study", flip=False, translate=0)(x, np.random.default_rng(0))
+    ref = augment.BatchAugmenter("study", flip=False, translate=0, vectorised=False)(x, np.random.default_rng(0))
+    changed, ref_changed = (out != x).any(axis=(1, 2, 3)).mean(), (ref != x).any(axis=(1, 2, 3)).mean()
+    assert abs(changed - ref_changed) < 0.08 and 0.6 < changed < 0.95, (changed, ref_changed)
+
+
+def test_op_without_kernel_falls_back_to_pillow(images, monkeypatch):
+    monkeypatch.setitem(ops.OPS, "Mirror", ops.Op(lambda img, _: img.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+                                                   ops._no_arg))
+    out = augment.BatchAugmenter({"subpolicies": [[("Mirror", 1.0, 0)]]}, flip=False, translate=0)(
+        images, np.random.default_rng(0))
+    np.testing.assert_array_equal(out, images[:, :, ::-1])
+
+
 def test_make_augmenter_from_config():
     assert augment.make_augmenter(None) is None
     aug = augment.make_augmenter({"policy": "autoaugment-cifar10", "flip": True, "translate": 4, "cutout": 8})
