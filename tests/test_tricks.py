@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -53,11 +54,28 @@ def test_schedules_are_applied_and_logged(tmp_path, cifar_dir):
 
 def test_every_trick_switches_off(tmp_path, cifar_dir):
     plain = dict(lr_schedule=None, label_smoothing=0.0, recon_weight=None, batch_sizes=None, tta_flip=False,
-                 augmentation=None, weight_decay=None)
+                 augmentation=None, weight_decay=None, precision="float32")
     run = run_trial("v3-joint-resnet", "smoke", out_dir=tmp_path, verbose=0, **plain)
     config = json.loads((run / "config.json").read_text())
     assert all(config["trial"][k] == v for k, v in plain.items())
     assert "test_accuracy_without_tta" not in json.loads((run / "metrics.json").read_text())
+
+
+def test_ablation_loop_writes_a_table_from_run_folders(tmp_path, cifar_dir):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import ablation
+    out, kept = tmp_path / "ablation", tmp_path / "kept"
+    ablation.main(["--preset", "smoke", "--rows", "baseline", "no-label-smoothing", "--runs", str(tmp_path / "runs"),
+                   "--keep", str(kept), "--output", str(out)])
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["row"] for r in rows] == ["baseline", "no-tta", "no-label-smoothing"]
+    config = json.loads((kept / "no-label-smoothing" / "v3-joint-resnet" / "smoke-s0" / "config.json").read_text())
+    assert config["trial"]["label_smoothing"] == 0.0
+    table = out.with_suffix(".md").read_text()
+    ablation.main(["--preset", "smoke", "--table-only", "--runs", str(kept), "--output", str(out)])
+    assert out.with_suffix(".md").read_text().split("\n")[4:] == table.split("\n")[4:]  # same rows from the copies
+    with pytest.raises(SystemExit, match="no complete ablation runs"):
+        ablation.main(["--preset", "smoke", "--table-only", "--runs", str(tmp_path / "empty"), "--output", str(out)])
 
 
 MIRRORED = textwrap.dedent("""

@@ -1,0 +1,129 @@
+"""Ablation: the v3 joint model with each trick switched off (or, for the extras, on) one at a time.
+
+    CIFAR10_DIR=../shared/cifar10 python benchmarks/ablation.py --preset quick --epochs 2
+
+Every row is one ``run_trial(trial, preset, seed, epochs=..., **overrides)`` into ``runs/ablation/<row>/``, so
+a row is a set of Trial fields and the loop is the whole experiment. Complete rows are kept, so an
+interrupted ablation resumes where it stopped. The table (``results/ablation.md`` and ``.json``) is built
+only from run folders; ``--keep`` copies their small files (config, metrics, history) to
+``results/runs/ablation/`` so the committed table can be regenerated: ``--table-only --runs results/runs/ablation``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from cifar_ae.evaluate import write_json_atomic
+from cifar_ae.trials import V3_AUGMENTATION, get_trial
+
+# row -> (what changes, Trial field overrides); "baseline" is the trial as defined in cifar_ae/trials.py
+ABLATIONS = {
+    "baseline": ("v3-joint-resnet as defined", {}),
+    "no-onecycle": ("constant LR 3e-3 + ReduceLROnPlateau instead of one-cycle", {"lr_schedule": None}),
+    "no-label-smoothing": ("label smoothing 0.1 -> 0", {"label_smoothing": 0.0}),
+    "no-cutout": ("cutout 8 px -> off (flip + translate stay)", {"augmentation": {**V3_AUGMENTATION, "cutout": 0}}),
+    "no-augmentation": ("no flip, translate or cutout", {"augmentation": None}),
+    "no-recon-loss": ("reconstruction loss weight 0: a plain classifier with an idle decoder",
+                      {"loss_weights": {"reconstruction": 0.0, "label": 1.0}, "recon_weight": None}),
+    "recon-weight-10": ("reconstruction weight 10 instead of 1, constant", {"recon_weight": (10.0, 10.0)}),
+    "recon-schedule": ("reconstruction weight scheduled 10 -> 1 over the epochs", {"recon_weight": (10.0, 1.0)}),
+    "float32": ("float32 instead of mixed_bfloat16", {"precision": "float32"}),
+    "bn-momentum-0.99": ("BatchNorm momentum 0.99 (Keras' default) instead of 0.9",
+                         {"model_args": {"width": 32, "bn_momentum": 0.99}}),
+    "growing-batch": ("batch size grows 128 -> 256 -> 512 over the epochs (off in the baseline)",
+                      {"batch_sizes": (128, 256, 512)}),
+}
+
+
+def run_rows(rows, trial, preset, seed, epochs, out):
+    from cifar_ae.training import run_trial  # imports keras: not needed for --table-only
+    runs = {}
+    for row in rows:
+        print(f"=== {row}: {ABLATIONS[row][0]}", flush=True)
+        runs[row] = run_trial(trial, preset, seed, Path(out) / row, epochs=epochs, verbose=2, **ABLATIONS[row][1])
+    return runs
+
+
+def find_runs(root, trial, preset, seed):
+    """row -> run folder, for every row with a complete run under root/<row>/."""
+    found = {}
+    for row in ABLATIONS:
+        run = Path(root) / row / trial / f"{preset}-s{seed}"
+        if (run / "metrics.json").is_file():
+            found[row] = run
+    return found
+
+
+def table(runs: dict) -> tuple[str, list]:
+    """Markdown table and records, with each row's change in test accuracy against the baseline."""
+    records = []
+    for row, run in runs.items():
+        m = json.loads((run / "metrics.json").read_text())
+        records.append({"row": row, "change": ABLATIONS[row][0], "run": str(run), "epochs": m.get("epochs"),
+                        "test_accuracy": m["test_accuracy"], "test_accuracy_without_tta": m.get("test_accuracy_without_tta"),
+                        "recon_mse": m.get("recon_mse"), "train_images_per_second": m.get("train_images_per_second")})
+    base = next((r for r in records if r["row"] == "baseline"), None)
+    if base and base["test_accuracy_without_tta"] is not None:  # TTA is evaluation only: the baseline run scores both
+        records.insert(1, {**base, "row": "no-tta", "change": "no flip test-time augmentation (baseline run, scored once)",
+                           "test_accuracy": base["test_accuracy_without_tta"]})
+    lines = ["| row | change | test acc | vs baseline | recon MSE | train img/s | epochs |", "|---|---|---|---|---|---|---|"]
+    for r in records:
+        delta = "" if base is None or r["row"] == "baseline" else f"{100 * (r['test_accuracy'] - base['test_accuracy']):+.2f} pt"
+        speed = "" if r["train_images_per_second"] is None else f"{r['train_images_per_second']:.0f}"
+        mse = "" if r["recon_mse"] is None else f"{r['recon_mse']:.5f}"
+        lines.append(f"| {r['row']} | {r['change']} | {100 * r['test_accuracy']:.2f}% | {delta} | {mse} | {speed} | {r['epochs']} |")
+    return "\n".join(lines) + "\n", records
+
+
+def keep(runs, dest):
+    """Copy each run's small files (not the model) to dest/<row>/<trial>/<preset-seed>/."""
+    kept = {}
+    for row, run in runs.items():
+        target = Path(dest) / row / run.parent.name / run.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "metrics.json", "history.csv"):
+            if (run / name).is_file():
+                shutil.copy2(run / name, target / name)
+        kept[row] = target
+    return kept
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trial", default="v3-joint-resnet")
+    ap.add_argument("--preset", default="quick")
+    ap.add_argument("--epochs", type=int, default=None, help="cut every row to N epochs (same budget for all)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rows", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS), metavar="ROW",
+                    help=f"rows to run, from: {', '.join(ABLATIONS)}")
+    ap.add_argument("--runs", default="runs/ablation", help="where the run folders go (and are read from)")
+    ap.add_argument("--table-only", action="store_true", help="only rebuild the table from --runs")
+    ap.add_argument("--keep", default="results/runs/ablation", help="copy small run files here ('' to skip)")
+    ap.add_argument("--output", default="results/ablation")
+    args = ap.parse_args(argv)
+    get_trial(args.trial)  # unknown trial -> one-line error before any work
+    if not args.table_only:
+        run_rows(args.rows, args.trial, args.preset, args.seed, args.epochs, args.runs)
+    runs = find_runs(args.runs, args.trial, args.preset, args.seed)
+    if not runs:
+        sys.exit(f"no complete ablation runs under {args.runs}/<row>/{args.trial}/{args.preset}-s{args.seed}; "
+                 "run without --table-only first.")
+    if args.keep and not args.table_only:
+        runs = keep(runs, args.keep)
+    text, records = table(runs)
+    header = (f"# Ablation: {args.trial}, preset {args.preset}, seed {args.seed}\n\n"
+              f"Command: `python {' '.join(sys.argv)}`\n\n")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(f"{args.output}.md.tmp")
+    tmp.write_text(header + text)
+    tmp.replace(f"{args.output}.md")
+    write_json_atomic(f"{args.output}.json", {"trial": args.trial, "preset": args.preset, "seed": args.seed,
+                                              "command": "python " + " ".join(sys.argv), "rows": records})
+    print(header + text)
+
+
+if __name__ == "__main__":
+    main()
