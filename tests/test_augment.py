@@ -295,8 +295,8 @@ def test_kernels_on_edge_cases():
     extremes = np.zeros((1, 32, 32, 3), np.uint8)
     extremes[0, ::2] = 255
     for x in (flat, two, extremes):
-        for name in ("Equalize", "AutoContrast", "Contrast", "Sharpness", "Rotate"):
-            arg = 90.0 if name == "Rotate" else (1.7 if name in ("Contrast", "Sharpness") else None)
+        for name in ("Equalize", "AutoContrast", "Contrast", "Sharpness", "Solarize"):
+            arg = {"Contrast": 1.7, "Sharpness": 1.7, "Solarize": 128.0}.get(name)
             expected = np.asarray(ops.OPS[name].fn(Image.fromarray(x[0]), arg))
             np.testing.assert_array_equal(ops.run_op_batch(x, name, [arg])[0], expected, err_msg=name)
 
