@@ -6,7 +6,7 @@ a fast batch augmenter for ``cifar_ae.batches.ArrayBatches``, and figures.
     augment.apply_policy(img, "autoaugment-cifar10", rng)    # one image, any registered policy
     gen = augment.ImageDataGenerator(rotation_range=15, horizontal_flip=True,
                                      contrast_range=(0.6, 1.4), equalize_prob=0.5)   # notebook path
-    ArrayBatches(x, y, transform=augment.BatchAugmenter("study"), workers=2, use_multiprocessing=True)  # fast path
+    ArrayBatches(x, y, transform=augment.BatchAugmenter("study"), workers=2)  # fast path (threads)
 
 Images are uint8 HxWx3 arrays or RGB PIL images; randomness always comes from a passed numpy Generator.
 

@@ -1,8 +1,9 @@
 """The fast path: a picklable batch augmenter for ``cifar_ae.batches.ArrayBatches(transform=...)``.
 
-Everything runs vectorised over the whole uint8 batch: the policy through the ops' numpy kernels
-(``augment.kernels``, Pillow-exact), then flip, pad-and-crop and cutout.
-ArrayBatches calls it inside its PyDataset workers (``workers=2, use_multiprocessing=True``), so
+The policy runs op by op over the whole uint8 batch (``policies.run_policy_batch``): photometric ops through
+their Pillow-exact numpy kernels (``augment.kernels``), geometric ops through Pillow per image; then flip,
+pad-and-crop and cutout, vectorised.
+ArrayBatches calls it inside its PyDataset worker threads (``workers=2``; numpy and Pillow release the GIL), so
 augmentation runs beside training instead of in front of it.
 """
 from __future__ import annotations
