@@ -236,17 +236,52 @@ def resnet_joint(width=32, head_depth=1, upsampling="transpose", bn_momentum=0.9
     r = layers.Conv2DTranspose(width, 3, strides=2, padding="same", activation="relu", name="dec2_convt")(r)
     r = layers.Conv2D(3, 3, padding="same", activation="sigmoid", name="dec_out")(r)
     reconstruction = layers.Activation("linear", dtype="float32", name="reconstruction")(r)
-    h = code
-    for i in range(head_depth):
-        h = residual_block(h, 4 * width, f"head{i + 1}_res", m)
-    h = resnet_stage(h, 8 * width, "head_stage", bn_momentum=m)
-    h = layers.GlobalMaxPooling2D(name="head_pool")(h)
-    label = layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="label")(h)
+    label = resnet_head(code, 4 * width, head_depth, m)
     return keras.Model(inputs, {"reconstruction": reconstruction, "label": label}, name="resnet_joint")
+
+
+def resnet_head(code, width, depth=1, bn_momentum=0.9):
+    """Classifier on an (8, 8, C) code: (conv to `width` if C differs) -> `depth` residual blocks @8
+    -> stage(2 * width) @4 (+res) -> global max-pool -> Dense softmax `label` (float32 under mixed precision)."""
+    h = code if code.shape[-1] == width else conv_bn_relu(code, width, "head_in", bn_momentum=bn_momentum)
+    for i in range(depth):
+        h = residual_block(h, width, f"head{i + 1}_res", bn_momentum)
+    h = resnet_stage(h, 2 * width, "head_stage", bn_momentum=bn_momentum)
+    h = layers.GlobalMaxPooling2D(name="head_pool")(h)
+    return layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="label")(h)
+
+
+def patch_autoencoder(code_channels=64, width=96, blocks=1, bn_momentum=0.9):
+    """v3 conv autoencoder: 4x4 patches -> (8, 8, code_channels) code -> 4x4 patches, residual blocks between.
+
+    The study's (8, 8, 64) code holds 4,096 numbers for a 3,072-number image, so nothing forces it to lose
+    information. A stride-4 'patchify' conv and its transpose keep a linear path from pixels to code and back,
+    which the study's conv + max-pool stack had to learn its way around; the residual blocks add the rest.
+    """
+    inputs = keras.Input(IMAGE_SHAPE, name="image")
+    x = layers.Conv2D(width, 4, strides=4, name="patchify")(inputs)
+    for i in range(blocks):
+        x = residual_block(x, width, f"enc{i + 1}", bn_momentum)
+    code = layers.Conv2D(code_channels, 1, name="features")(x)  # linear (8, 8, 64) code
+    y = layers.Conv2D(width, 1, name="dec_in")(code)
+    for i in range(blocks):
+        y = residual_block(y, width, f"dec{i + 1}", bn_momentum)
+    y = layers.Conv2DTranspose(3, 4, strides=4, activation="sigmoid", name="unpatchify")(y)
+    outputs = layers.Activation("linear", dtype="float32", name="reconstruction")(y)
+    return keras.Model(inputs, outputs, name="patch_autoencoder")
+
+
+def resnet_feature_classifier(encoder, width=128, depth=1, bn_momentum=0.9):
+    """v3: the residual head of resnet_joint on a frozen encoder's (8, 8, C) features; only the head trains."""
+    encoder.trainable = False
+    return keras.Model(encoder.input, resnet_head(encoder.output, width, depth, bn_momentum),
+                       name="resnet_feature_classifier")
 
 
 BUILDERS = {
     "resnet_joint": resnet_joint,
+    "patch_autoencoder": patch_autoencoder,
+    "resnet_feature_classifier": resnet_feature_classifier,
     "mlp_autoencoder": mlp_autoencoder,
     "dense_classifier": dense_classifier,
     "conv1d_classifier": conv1d_classifier,

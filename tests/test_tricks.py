@@ -43,6 +43,18 @@ def test_new_trials_run_on_smoke(name, tmp_path, cifar_dir):
     assert 0 <= m["test_accuracy"] <= 1 and "test_accuracy_without_tta" in m and 0 < m["recon_mse"] < 0.25
 
 
+def test_v3_autoencoder_and_frozen_feature_classifier_run_on_smoke(tmp_path, cifar_dir):
+    run = run_trial("v3-feature-classifier", "smoke", out_dir=tmp_path, verbose=0)  # trains v3-cnn-ae first
+    m = json.loads((run / "metrics.json").read_text())
+    assert 0 <= m["test_accuracy"] <= 1 and "test_accuracy_without_tta" in m
+    ae = json.loads((tmp_path / "v3-cnn-ae" / "smoke-s0" / "metrics.json").read_text())
+    assert 0 < ae["recon_mse"] < 0.25
+    import keras
+    model = keras.saving.load_model(run / "model.keras", safe_mode=True, compile=False)
+    frozen = [layer for layer in model.layers if layer.name in ("patchify", "features")]
+    assert len(frozen) == 2 and not any(layer.trainable for layer in frozen)
+
+
 def test_schedules_are_applied_and_logged(tmp_path, cifar_dir):
     run = run_trial("v3-joint-resnet", "smoke", out_dir=tmp_path, epochs=3, verbose=0,
                     batch_sizes=(64, 128, 256), recon_weight=(5.0, 1.0), tta_flip=False)
