@@ -13,15 +13,14 @@ they stay in Pillow, which also releases the GIL for worker threads.
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 FILL = 128  # mid-grey, as augment.ops.FILL
 
 
-def _column(args, k):
-    """k scalar arguments -> float64 array shaped (k, 1, 1, 1) to broadcast over images."""
-    return np.asarray(args, dtype=np.float64).reshape(k, 1, 1, 1)
+def _factors(args):
+    """k blend factors -> float32 array shaped (k, 1, 1, 1) to broadcast over images."""
+    return np.asarray(args, dtype=np.float32).reshape(-1, 1, 1, 1)
 
 
 def _blend(degenerate, images, factor):
@@ -56,17 +55,17 @@ def solarize(images, args):
 
 
 def brightness(images, args):
-    return _blend(np.float32(0), images, _column(args, len(images)).astype(np.float32))
+    return _blend(np.float32(0), images, _factors(args))
 
 
 def color(images, args):
-    return _blend(grey(images)[..., None].astype(np.float32), images, _column(args, len(images)).astype(np.float32))
+    return _blend(grey(images)[..., None].astype(np.float32), images, _factors(args))
 
 
 def contrast(images, args):
     mean = np.floor(grey(images).mean(axis=(1, 2), dtype=np.float64) + 0.5)  # int(mean + 0.5), as Pillow
     return _blend(mean.reshape(-1, 1, 1, 1).astype(np.float32), images,
-                  _column(args, len(images)).astype(np.float32))
+                  _factors(args))
 
 
 def smooth(images):
@@ -83,7 +82,7 @@ def smooth(images):
 
 
 def sharpness(images, args):
-    return _blend(smooth(images).astype(np.float32), images, _column(args, len(images)).astype(np.float32))
+    return _blend(smooth(images).astype(np.float32), images, _factors(args))
 
 
 def _histograms(images):
