@@ -108,6 +108,9 @@ TRIALS = {t.name: t for t in [
            model_args={"dense_units": (512, 256)}, augmentation=STUDY_AUGMENTATION, optimizer="sgd",
            learning_rate=0.01, study={"test_accuracy": 0.82}),
     _v3("v3-joint-resnet", "Residual joint model: flip/translate/cutout, AdamW one-cycle, label smoothing, flip TTA."),
+    _v3("v3-joint-resnet-lean", "v3-joint-resnet without cutout or label smoothing, reconstruction weight 10: "
+        "the changes the 2-epoch ablation (results/ablation.md) found free or helpful at short budgets.",
+        augmentation={**V3_AUGMENTATION, "cutout": 0}, label_smoothing=0.0, recon_weight=(10.0, 10.0)),
     _v3("v3-joint-resnet-autoaugment", "v3-joint-resnet with the AutoAugment CIFAR-10 policy on top.",
         augmentation={**V3_AUGMENTATION, "policy": "autoaugment-cifar10"}),
     Trial("v3-cnn-ae", "Patchify conv autoencoder with residual blocks, (8,8,64) code, trained alone.",

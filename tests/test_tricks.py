@@ -36,7 +36,7 @@ def test_batch_stages_cover_every_epoch_once():
     assert T.batch_stages((256,), 5) == [(0, 5, 256)]
 
 
-@pytest.mark.parametrize("name", ["v3-joint-resnet", "v3-joint-resnet-autoaugment"])
+@pytest.mark.parametrize("name", ["v3-joint-resnet", "v3-joint-resnet-lean", "v3-joint-resnet-autoaugment"])
 def test_new_trials_run_on_smoke(name, tmp_path, cifar_dir):
     run = run_trial(name, "smoke", out_dir=tmp_path, verbose=0)
     m = json.loads((run / "metrics.json").read_text())
