@@ -116,7 +116,7 @@ TRIALS = {t.name: t for t in [
     Trial("v3-cnn-ae", "Patchify conv autoencoder with residual blocks, (8,8,64) code, trained alone.",
           task="autoencoder", model="patch_autoencoder", optimizer="adamw", learning_rate=2e-3, batch_size=256,
           lr_schedule="onecycle", precision="mixed_bfloat16",
-          presets={"quick": {"epochs": 5}, "full": {"epochs": 30}}, study={"recon_mse": 0.0007}),
+          presets={"quick": {"epochs": 20}, "full": {"epochs": 50}}, study={"recon_mse": 0.0007}),
     Trial("v3-feature-classifier", "Residual head on the frozen v3-cnn-ae features, flip/translate/cutout.",
           task="classifier", model="resnet_feature_classifier", upstream="v3-cnn-ae", optimizer="adamw",
           learning_rate=3e-3, weight_decay=5e-4, batch_size=256, lr_schedule="onecycle", warmup=0.25,
