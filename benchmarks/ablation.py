@@ -16,7 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from cifar_ae.evaluate import write_json_atomic
+from cifar_ae.evaluate import write_json_atomic, write_text_atomic
 from cifar_ae.trials import V3_AUGMENTATION, get_trial
 
 # row -> (what changes, Trial field overrides); "baseline" is the trial as defined in cifar_ae/trials.py
@@ -117,9 +117,7 @@ def main(argv=None):
     header = (f"# Ablation: {args.trial}, preset {args.preset}, seed {args.seed}\n\n"
               f"Command: `python {' '.join(sys.argv)}`\n\n")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(f"{args.output}.md.tmp")
-    tmp.write_text(header + text)
-    tmp.replace(f"{args.output}.md")
+    write_text_atomic(f"{args.output}.md", header + text)
     write_json_atomic(f"{args.output}.json", {"trial": args.trial, "preset": args.preset, "seed": args.seed,
                                               "command": "python " + " ".join(sys.argv), "rows": records})
     print(header + text)

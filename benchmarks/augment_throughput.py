@@ -13,7 +13,6 @@ Each number is the median of --repeats passes over --images images. Writes resul
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -27,6 +26,7 @@ sys.path.insert(0, str(REPO))
 import augment  # noqa: E402
 from cifar_ae.batches import ArrayBatches  # noqa: E402
 from cifar_ae.data import load_cifar10  # noqa: E402
+from cifar_ae.evaluate import write_json_atomic  # noqa: E402
 
 BASE_ARGS = dict(rotation_range=15, width_shift_range=0.1, height_shift_range=0.1, horizontal_flip=True)
 PIL_ARGS = dict(contrast_range=(0.6, 1.4), sharpness_range=(0.5, 1.5), equalize_prob=0.5)
@@ -84,13 +84,6 @@ def verdict(ratio, goal):
     return f"{ratio:5.1f}x {'ok  ' if ratio >= goal else 'MISS'}"
 
 
-def write_json_atomically(path, payload):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-throughput", type=float, default=370.0,
@@ -138,7 +131,8 @@ def main(argv=None):
         ratios[name] = {"vs_b": wall / b_wall, "vs_train": wall / args.train_throughput}
         print(f"  {name:<34} {verdict(ratios[name]['vs_b'], 5)} (b)   {verdict(ratios[name]['vs_train'], 10)} training")
 
-    write_json_atomically(args.out, {
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out, {
         "command": command, "images": n, "batch_size": bs, "repeats": reps, "fast_mode": FAST_MODE,
         "cpus": os.cpu_count(), "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]},
         "train_throughput": args.train_throughput,

@@ -56,12 +56,16 @@ def evaluate_outputs(task, x_test_unit, y_test, outputs, class_names) -> dict:
     return result
 
 
-def write_json_atomic(path, obj):
-    """Write JSON via a temp file and rename, so a killed run never leaves half a file."""
+def write_text_atomic(path, text):
+    """Write text via a temp file and rename, so a killed run never leaves half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path, obj):
+    write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(o):
