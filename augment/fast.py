@@ -1,8 +1,8 @@
 """The fast path: a picklable batch augmenter for ``cifar_ae.batches.ArrayBatches(transform=...)``.
 
 The policy runs op by op over the whole uint8 batch (``policies.run_policy_batch``): photometric ops through
-their Pillow-exact numpy kernels (``augment.kernels``), geometric ops through Pillow per image; then flip,
-pad-and-crop and cutout, vectorised.
+their Pillow-exact numpy kernels (``augment.kernels``), geometric ops through Pillow's C resampler called
+once per tile of a batch-sized image; then flip, pad-and-crop and cutout, vectorised.
 ArrayBatches calls it inside its PyDataset worker threads (``workers=2``; numpy and Pillow release the GIL), so
 augmentation runs beside training instead of in front of it.
 """

@@ -152,11 +152,11 @@ OPS = {
     "Sharpness": Op(sharpness, _enhance_factor, 0.9, 0.99, K.sharpness),
     "Posterize": Op(posterize, _posterize_bits, 4, 6, K.posterize),
     "Solarize": Op(solarize, _solarize_threshold, 256, 256, K.solarize),
-    "Rotate": Op(rotate, _signed, 30.0, 135.0),
-    "ShearX": Op(shear_x, _signed, 0.3, 0.99),
-    "ShearY": Op(shear_y, _signed, 0.3, 0.99),
-    "TranslateX": Op(translate_x, _signed, 150 / 331, 1.0),  # wide: 32 px of 32
-    "TranslateY": Op(translate_y, _signed, 150 / 331, 1.0),
+    "Rotate": Op(rotate, _signed, 30.0, 135.0, K.rotate),
+    "ShearX": Op(shear_x, _signed, 0.3, 0.99, K.shear_x),
+    "ShearY": Op(shear_y, _signed, 0.3, 0.99, K.shear_y),
+    "TranslateX": Op(translate_x, _signed, 150 / 331, 1.0, K.translate_x),  # wide: 32 px of 32
+    "TranslateY": Op(translate_y, _signed, 150 / 331, 1.0, K.translate_y),
     "Cutout": Op(cutout, _cutout_box, 0.2, 0.2, K.cutout),
 }
 

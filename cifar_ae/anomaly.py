@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone

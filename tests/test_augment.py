@@ -301,6 +301,16 @@ def test_kernels_on_edge_cases():
             np.testing.assert_array_equal(ops.run_op_batch(x, name, [arg])[0], expected, err_msg=name)
 
 
+def test_batched_affine_matches_pillow_at_special_angles_and_shapes(images):
+    """Pillow short-cuts 0/90/180/270 degrees and reduces angles mod 360; non-square, non-contiguous input."""
+    x = images[:, 4:28, ::-1]  # 24x32 views
+    for degrees in (0, 90, 180, 270, -90, 360, 45, -12.5, 400):
+        expected = np.stack([np.asarray(ops.rotate(Image.fromarray(np.ascontiguousarray(img)), degrees)) for img in x])
+        np.testing.assert_array_equal(ops.run_op_batch(x, "Rotate", [degrees] * len(x)), expected, err_msg=degrees)
+    np.testing.assert_array_equal(ops.run_op_batch(x[:1], "TranslateY", [0.5]),
+                                  np.asarray(ops.translate_y(Image.fromarray(np.ascontiguousarray(x[0])), 0.5))[None])
+
+
 def test_vectorised_policy_matches_pillow_path_when_it_draws_nothing(images):
     """Steps that always fire at fixed levels and draw no sign: every image gets exactly one of its two
     sub-policies' Pillow results, on both paths, and with one sub-policy the paths agree pixel for pixel."""
