@@ -217,7 +217,7 @@ def resnet_stage(x, filters, name, residual=True, bn_momentum=0.9):
     return residual_block(x, filters, f"{name}_res", bn_momentum) if residual else x
 
 
-def resnet_joint(width=32, head_depth=1, upsampling="transpose", bn_momentum=0.9):
+def resnet_joint(width=32, head_depth=1, bn_momentum=0.9, decoder="convt", patch_channels=0):
     """v3: a ResNet-9-style encoder to an (8, 8, 4*width) code feeding a decoder and a deeper classifier.
 
     Same shape as the study's joint model (one encoder, `reconstruction` + `label`), with BatchNorm'd
@@ -225,19 +225,53 @@ def resnet_joint(width=32, head_depth=1, upsampling="transpose", bn_momentum=0.9
     head: residual block(s) @8 -> stage(8w) @4 (+res) -> global max-pool -> Dense.
     BatchNorm momentum 0.9 (Keras' default is 0.99): with ~160 steps an epoch the slower moving
     statistics lagged the weights so far that a 2-epoch run scored 28% on test while training at ~50%.
+    decoder: "convt" (the study's two Conv2DTranspose layers) or "residual" (a residual block @8, then
+    v3-cnn-ae's linear 4x4 'unpatchify'), which reconstructs finer detail for little compute at 8x8;
+    patch_channels: a linear patch path in the code (see resnet_encoder), for reconstruction.
     """
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder '{decoder}'; valid decoders: {', '.join(DECODERS)}.")
     m = bn_momentum
     inputs = keras.Input(IMAGE_SHAPE, name="image")
-    x = conv_bn_relu(inputs, width, "stem", bn_momentum=m)
-    x = resnet_stage(x, 2 * width, "enc1", bn_momentum=m)
-    x = conv_bn_relu(x, 4 * width, "enc2_conv", bn_momentum=m)
-    code = layers.MaxPooling2D(name="features")(x)
+    code = resnet_encoder(inputs, width, m, patch_channels=patch_channels)
+    reconstruction = DECODERS[decoder](code, width, m)
+    label = resnet_head(code, 4 * width, head_depth, m)
+    return keras.Model(inputs, {"reconstruction": reconstruction, "label": label}, name="resnet_joint")
+
+
+def resnet_encoder(inputs, width, bn_momentum=0.9, prefix="", patch_channels=0):
+    """stem(w) @32 -> stage(2w) @16 (+res) -> conv(4w) + max-pool @8: the (8, 8, 4w) `features` code.
+
+    patch_channels > 0 concatenates a linear stride-4 'patchify' conv of the input onto the code (v3-cnn-ae's
+    path): the max-pooled ReLU features keep what the label needs, the patch path what the pixels need.
+    """
+    x = conv_bn_relu(inputs, width, f"{prefix}stem", bn_momentum=bn_momentum)
+    x = resnet_stage(x, 2 * width, f"{prefix}enc1", bn_momentum=bn_momentum)
+    x = conv_bn_relu(x, 4 * width, f"{prefix}enc2_conv", bn_momentum=bn_momentum)
+    if not patch_channels:
+        return layers.MaxPooling2D(name=f"{prefix}features")(x)
+    pooled = layers.MaxPooling2D(name=f"{prefix}enc2_pool")(x)
+    patches = layers.Conv2D(patch_channels, 4, strides=4, name=f"{prefix}patch_code")(inputs)
+    return layers.Concatenate(name=f"{prefix}features")([pooled, patches])
+
+
+def convt_decoder(code, width, bn_momentum=0.9):
+    """The study's decoder shape: Conv2DTranspose @16 and @32, then a sigmoid conv to RGB."""
     r = layers.Conv2DTranspose(2 * width, 3, strides=2, padding="same", activation="relu", name="dec1_convt")(code)
     r = layers.Conv2DTranspose(width, 3, strides=2, padding="same", activation="relu", name="dec2_convt")(r)
     r = layers.Conv2D(3, 3, padding="same", activation="sigmoid", name="dec_out")(r)
-    reconstruction = layers.Activation("linear", dtype="float32", name="reconstruction")(r)
-    label = resnet_head(code, 4 * width, head_depth, m)
-    return keras.Model(inputs, {"reconstruction": reconstruction, "label": label}, name="resnet_joint")
+    return layers.Activation("linear", dtype="float32", name="reconstruction")(r)
+
+
+def residual_decoder(code, width, bn_momentum=0.9):
+    """1x1 conv to 4*width, a residual block @8, then a linear 4x4 stride-4 'unpatchify' to RGB (as v3-cnn-ae)."""
+    r = conv_bn_relu(code, 4 * width, "dec_in", bn_momentum=bn_momentum)
+    r = residual_block(r, 4 * width, "dec1_res", bn_momentum)
+    r = layers.Conv2DTranspose(3, 4, strides=4, activation="sigmoid", name="dec_unpatchify")(r)
+    return layers.Activation("linear", dtype="float32", name="reconstruction")(r)
+
+
+DECODERS = {"convt": convt_decoder, "residual": residual_decoder}
 
 
 def resnet_head(code, width, depth=1, bn_momentum=0.9):
@@ -271,10 +305,20 @@ def patch_autoencoder(code_channels=64, width=96, blocks=1, bn_momentum=0.9):
     return keras.Model(inputs, outputs, name="patch_autoencoder")
 
 
-def resnet_feature_classifier(encoder, width=128, depth=1, bn_momentum=0.9):
-    """v3: the residual head of resnet_joint on a frozen encoder's (8, 8, C) features; only the head trains."""
+def resnet_feature_classifier(encoder, width=128, depth=1, bn_momentum=0.9, render_channels=0):
+    """v3: the residual head of resnet_joint on a frozen encoder's (8, 8, C) features; only the head trains.
+
+    render_channels > 0 first maps the code back to a (32, 32, render_channels) map with a learned linear
+    4x4 stride-4 Conv2DTranspose (the shape of v3-cnn-ae's decoder, but trained for the label), then runs
+    resnet_joint's encoder (width // 4) on it: a near-lossless code keeps the image's information, but
+    at 8x8 the head has too little resolution left to find it in a few epochs.
+    """
     encoder.trainable = False
-    return keras.Model(encoder.input, resnet_head(encoder.output, width, depth, bn_momentum),
+    code = encoder.output
+    if render_channels:
+        rendered = layers.Conv2DTranspose(render_channels, 4, strides=4, name="render")(code)
+        code = resnet_encoder(rendered, width // 4, bn_momentum, prefix="cls_")
+    return keras.Model(encoder.input, resnet_head(code, width, depth, bn_momentum),
                        name="resnet_feature_classifier")
 
 

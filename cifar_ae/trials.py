@@ -111,6 +111,11 @@ TRIALS = {t.name: t for t in [
     _v3("v3-joint-resnet-lean", "v3-joint-resnet without cutout or label smoothing, reconstruction weight 10: "
         "the changes the 2-epoch ablation (results/ablation.md) found free or helpful at short budgets.",
         augmentation={**V3_AUGMENTATION, "cutout": 0}, label_smoothing=0.0, recon_weight=(10.0, 10.0)),
+    _v3("v3-joint-resnet-patch", "v3-joint-resnet-lean whose code also carries a linear 4x4 patch path of the "
+        "pixels (48 channels), decoded by a residual block and a linear 'unpatchify' (v3-cnn-ae's decoder): "
+        "the reconstruction no longer has to pass through the classifier's max-pooled ReLU features.",
+        model_args={"width": 32, "decoder": "residual", "patch_channels": 48},
+        augmentation={**V3_AUGMENTATION, "cutout": 0}, label_smoothing=0.0, recon_weight=(10.0, 10.0)),
     _v3("v3-joint-resnet-autoaugment", "v3-joint-resnet with the AutoAugment CIFAR-10 policy on top.",
         augmentation={**V3_AUGMENTATION, "policy": "autoaugment-cifar10"}),
     Trial("v3-cnn-ae", "Patchify conv autoencoder with residual blocks, (8,8,64) code, trained alone.",
@@ -122,6 +127,13 @@ TRIALS = {t.name: t for t in [
           learning_rate=3e-3, weight_decay=5e-4, batch_size=256, lr_schedule="onecycle", warmup=0.25,
           label_smoothing=0.1, augmentation=V3_AUGMENTATION, tta_flip=True, precision="mixed_bfloat16",
           presets={"quick": {"epochs": 8}, "full": {"epochs": 30}}, study={"test_accuracy": 0.75}),
+    Trial("v3-feature-resnet", "The frozen v3-cnn-ae features rendered back to 32x32 by a learned linear "
+          "Conv2DTranspose, then resnet_joint's encoder and head; only the classifier trains.",
+          task="classifier", model="resnet_feature_classifier", model_args={"render_channels": 16},
+          upstream="v3-cnn-ae", optimizer="adamw", learning_rate=3e-3, weight_decay=5e-4, batch_size=256,
+          lr_schedule="onecycle", warmup=0.25, augmentation={**V3_AUGMENTATION, "cutout": 0}, tta_flip=True,
+          precision="mixed_bfloat16", presets={"quick": {"epochs": 8}, "full": {"epochs": 30}},
+          study={"test_accuracy": 0.75}),
 ]}
 
 

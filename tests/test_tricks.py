@@ -36,7 +36,8 @@ def test_batch_stages_cover_every_epoch_once():
     assert T.batch_stages((256,), 5) == [(0, 5, 256)]
 
 
-@pytest.mark.parametrize("name", ["v3-joint-resnet", "v3-joint-resnet-lean", "v3-joint-resnet-autoaugment"])
+@pytest.mark.parametrize("name", ["v3-joint-resnet", "v3-joint-resnet-lean", "v3-joint-resnet-patch",
+                                  "v3-joint-resnet-autoaugment"])
 def test_new_trials_run_on_smoke(name, tmp_path, cifar_dir):
     run = run_trial(name, "smoke", out_dir=tmp_path, verbose=0)
     m = json.loads((run / "metrics.json").read_text())
@@ -53,6 +54,13 @@ def test_v3_autoencoder_and_frozen_feature_classifier_run_on_smoke(tmp_path, cif
     model = keras.saving.load_model(run / "model.keras", safe_mode=True, compile=False)
     frozen = [layer for layer in model.layers if layer.name in ("patchify", "features")]
     assert len(frozen) == 2 and not any(layer.trainable for layer in frozen)
+    # the rendering classifier reuses the same upstream run; its own encoder trains, the autoencoder's does not
+    run = run_trial("v3-feature-resnet", "smoke", out_dir=tmp_path, verbose=0)
+    assert 0 <= json.loads((run / "metrics.json").read_text())["test_accuracy"] <= 1
+    model = keras.saving.load_model(run / "model.keras", safe_mode=True, compile=False)
+    layers = {layer.name: layer for layer in model.layers}
+    assert not layers["patchify"].trainable and layers["render"].trainable and layers["cls_stem_conv"].trainable
+    assert model.get_layer("render").output.shape[1:] == (32, 32, 16)
 
 
 def test_schedules_are_applied_and_logged(tmp_path, cifar_dir):
