@@ -3,8 +3,8 @@
 ``OPS[name] = Op(fn, to_arg, max_value, wide_max, batch)``: ``fn(pil_image, arg) -> pil_image`` does the work;
 ``to_arg(level, max_value, rng) -> arg`` maps a level in 0..MAX_LEVEL linearly onto the op's range
 (``max_value`` for the AutoAugment/CIFAR-10 space, ``wide_max`` for TrivialAugment-wide); ``batch`` is the same op
-in numpy over a whole uint8 batch (``augment.kernels``; optional: without it the fast path runs ``fn`` image by
-image). Adding an op is one entry.
+over a whole uint8 batch (``augment.kernels``: numpy, or Pillow's core resampler for the geometric ops; optional:
+without it the fast path runs ``fn`` image by image). Adding an op is one entry.
 The table of ranges is in the package docstring (``help(augment)``).
 """
 from __future__ import annotations
@@ -222,7 +222,7 @@ def run_op(img: Image.Image, name, level, rng, space="standard") -> Image.Image:
 
 
 def run_op_batch(images, name, args):
-    """Apply a registered op to a uint8 batch, image i with args[i]: its numpy kernel, else Pillow per image."""
+    """Apply a registered op to a uint8 batch, image i with args[i]: its batch kernel, else Pillow per image."""
     op = OPS[name]
     if op.batch is not None:
         return op.batch(images, args)

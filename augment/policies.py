@@ -139,7 +139,7 @@ def run_policy(img, policy: dict, rng):
 def run_policy_batch(images, policy: dict, rng):
     """The same rule as run_policy over a uint8 batch (policy already validated): each image picks a sub-policy,
     then step by step the images whose step fires are grouped by op, and each group goes through the op's
-    numpy kernel in one call (ops without one: Pillow per image). Draws differ from run_policy's, so the same
+    batch kernel in one call (ops without one: Pillow per image). Draws differ from run_policy's, so the same
     seed gives other samples than the per-image path."""
     subpolicies = policy["subpolicies"]
     space, bins = policy.get("space", "standard"), policy.get("bins", DEFAULT_BINS)
