@@ -312,12 +312,15 @@ def resnet_feature_classifier(encoder, width=128, depth=1, bn_momentum=0.9, rend
     4x4 stride-4 Conv2DTranspose (the shape of v3-cnn-ae's decoder, but trained for the label), then runs
     resnet_joint's encoder (width // 4) on it: a near-lossless code keeps the image's information, but
     at 8x8 the head has too little resolution left to find it in a few epochs.
+    Features at image resolution (feature_layer="reconstruction": the code through the frozen decoder) go
+    straight into that encoder.
     """
     encoder.trainable = False
     code = encoder.output
     if render_channels:
-        rendered = layers.Conv2DTranspose(render_channels, 4, strides=4, name="render")(code)
-        code = resnet_encoder(rendered, width // 4, bn_momentum, prefix="cls_")
+        code = layers.Conv2DTranspose(render_channels, 4, strides=4, name="render")(code)
+    if code.shape[1] != 8:
+        code = resnet_encoder(code, width // 4, bn_momentum, prefix="cls_")
     return keras.Model(encoder.input, resnet_head(code, width, depth, bn_momentum),
                        name="resnet_feature_classifier")
 

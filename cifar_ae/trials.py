@@ -134,6 +134,13 @@ TRIALS = {t.name: t for t in [
           lr_schedule="onecycle", warmup=0.25, augmentation={**V3_AUGMENTATION, "cutout": 0}, tta_flip=True,
           precision="mixed_bfloat16", presets={"quick": {"epochs": 8}, "full": {"epochs": 30}},
           study={"test_accuracy": 0.75}),
+    Trial("v3-feature-resnet-decoded", "v3-feature-resnet reading the frozen v3-cnn-ae code through the frozen "
+          "decoder (its reconstruction) instead of a learned render: only the classifier trains.",
+          task="classifier", model="resnet_feature_classifier", feature_layer="reconstruction",
+          upstream="v3-cnn-ae", optimizer="adamw", learning_rate=3e-3, weight_decay=5e-4, batch_size=256,
+          lr_schedule="onecycle", warmup=0.25, augmentation={**V3_AUGMENTATION, "cutout": 0}, tta_flip=True,
+          precision="mixed_bfloat16", presets={"quick": {"epochs": 8}, "full": {"epochs": 30}},
+          study={"test_accuracy": 0.75}),
 ]}
 
 

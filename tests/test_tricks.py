@@ -61,6 +61,11 @@ def test_v3_autoencoder_and_frozen_feature_classifier_run_on_smoke(tmp_path, cif
     layers = {layer.name: layer for layer in model.layers}
     assert not layers["patchify"].trainable and layers["render"].trainable and layers["cls_stem_conv"].trainable
     assert model.get_layer("render").output.shape[1:] == (32, 32, 16)
+    # ... and the decoded one reads the code through the autoencoder's frozen decoder
+    run = run_trial("v3-feature-resnet-decoded", "smoke", out_dir=tmp_path, verbose=0)
+    model = keras.saving.load_model(run / "model.keras", safe_mode=True, compile=False)
+    layers = {layer.name: layer for layer in model.layers}
+    assert not layers["features"].trainable and not layers["unpatchify"].trainable and layers["cls_stem_conv"].trainable
 
 
 def test_schedules_are_applied_and_logged(tmp_path, cifar_dir):
