@@ -264,7 +264,7 @@ def convt_decoder(code, width, bn_momentum=0.9):
 
 
 def residual_decoder(code, width, bn_momentum=0.9):
-    """1x1 conv to 4*width, a residual block @8, then a linear 4x4 stride-4 'unpatchify' to RGB (as v3-cnn-ae)."""
+    """conv-BN-ReLU to 4*width, a residual block @8, then a linear 4x4 stride-4 'unpatchify' to RGB (as v3-cnn-ae)."""
     r = conv_bn_relu(code, 4 * width, "dec_in", bn_momentum=bn_momentum)
     r = residual_block(r, 4 * width, "dec1_res", bn_momentum)
     r = layers.Conv2DTranspose(3, 4, strides=4, activation="sigmoid", name="dec_unpatchify")(r)
@@ -306,7 +306,7 @@ def patch_autoencoder(code_channels=64, width=96, blocks=1, bn_momentum=0.9):
 
 
 def resnet_feature_classifier(encoder, width=128, depth=1, bn_momentum=0.9, render_channels=0):
-    """v3: the residual head of resnet_joint on a frozen encoder's (8, 8, C) features; only the head trains.
+    """v3: the residual head of resnet_joint on a frozen encoder's features; only the classifier trains.
 
     render_channels > 0 first maps the code back to a (32, 32, render_channels) map with a learned linear
     4x4 stride-4 Conv2DTranspose (the shape of v3-cnn-ae's decoder, but trained for the label), then runs
