@@ -84,6 +84,15 @@ def _v3(name, description, **kw):
     return Trial(name, description, **{**base, **kw})
 
 
+def _v3_features(name, description, **kw):
+    """A classifier on the frozen v3-cnn-ae code, trained with v3's recipe (flip + translate, no smoothing)."""
+    base = dict(task="classifier", model="resnet_feature_classifier", upstream="v3-cnn-ae", optimizer="adamw",
+                learning_rate=3e-3, weight_decay=5e-4, batch_size=256, lr_schedule="onecycle", warmup=0.25,
+                augmentation={**V3_AUGMENTATION, "cutout": 0}, tta_flip=True, precision="mixed_bfloat16",
+                presets={"quick": {"epochs": 8}, "full": {"epochs": 30}}, study={"test_accuracy": 0.75})
+    return Trial(name, description, **{**base, **kw})
+
+
 TRIALS = {t.name: t for t in [
     Trial("v0-mlp-ae", "MLP autoencoder: 768-unit code, BatchNorm'd features.", task="autoencoder",
           model="mlp_autoencoder", presets={"quick": {"epochs": 10}, "full": {"epochs": 50}},
@@ -122,25 +131,14 @@ TRIALS = {t.name: t for t in [
           task="autoencoder", model="patch_autoencoder", optimizer="adamw", learning_rate=2e-3, batch_size=256,
           lr_schedule="onecycle", precision="mixed_bfloat16",
           presets={"quick": {"epochs": 20}, "full": {"epochs": 50}}, study={"recon_mse": 0.0007}),
-    Trial("v3-feature-classifier", "Residual head on the frozen v3-cnn-ae features, flip/translate/cutout.",
-          task="classifier", model="resnet_feature_classifier", upstream="v3-cnn-ae", optimizer="adamw",
-          learning_rate=3e-3, weight_decay=5e-4, batch_size=256, lr_schedule="onecycle", warmup=0.25,
-          label_smoothing=0.1, augmentation=V3_AUGMENTATION, tta_flip=True, precision="mixed_bfloat16",
-          presets={"quick": {"epochs": 8}, "full": {"epochs": 30}}, study={"test_accuracy": 0.75}),
-    Trial("v3-feature-resnet", "The frozen v3-cnn-ae features rendered back to 32x32 by a learned linear "
-          "Conv2DTranspose, then resnet_joint's encoder and head; only the classifier trains.",
-          task="classifier", model="resnet_feature_classifier", model_args={"render_channels": 16},
-          upstream="v3-cnn-ae", optimizer="adamw", learning_rate=3e-3, weight_decay=5e-4, batch_size=256,
-          lr_schedule="onecycle", warmup=0.25, augmentation={**V3_AUGMENTATION, "cutout": 0}, tta_flip=True,
-          precision="mixed_bfloat16", presets={"quick": {"epochs": 8}, "full": {"epochs": 30}},
-          study={"test_accuracy": 0.75}),
-    Trial("v3-feature-resnet-decoded", "v3-feature-resnet reading the frozen v3-cnn-ae code through the frozen "
-          "decoder (its reconstruction) instead of a learned render: only the classifier trains.",
-          task="classifier", model="resnet_feature_classifier", feature_layer="reconstruction",
-          upstream="v3-cnn-ae", optimizer="adamw", learning_rate=3e-3, weight_decay=5e-4, batch_size=256,
-          lr_schedule="onecycle", warmup=0.25, augmentation={**V3_AUGMENTATION, "cutout": 0}, tta_flip=True,
-          precision="mixed_bfloat16", presets={"quick": {"epochs": 8}, "full": {"epochs": 30}},
-          study={"test_accuracy": 0.75}),
+    _v3_features("v3-feature-classifier", "Residual head on the frozen v3-cnn-ae features, flip/translate/cutout.",
+                 label_smoothing=0.1, augmentation=V3_AUGMENTATION),
+    _v3_features("v3-feature-resnet", "The frozen v3-cnn-ae features rendered back to 32x32 by a learned linear "
+                 "Conv2DTranspose, then resnet_joint's encoder and head; only the classifier trains.",
+                 model_args={"render_channels": 16}),
+    _v3_features("v3-feature-resnet-decoded", "v3-feature-resnet reading the frozen v3-cnn-ae code through the "
+                 "frozen decoder (its reconstruction) instead of a learned render: only the classifier trains.",
+                 feature_layer="reconstruction"),
 ]}
 
 
