@@ -43,7 +43,8 @@ def run_rows(rows, trial, preset, seed, epochs, out):
     runs = {}
     for row in rows:
         print(f"=== {row}: {ABLATIONS[row][0]}", flush=True)
-        runs[row] = run_trial(trial, preset, seed, Path(out) / row, epochs=epochs, verbose=2, **ABLATIONS[row][1])
+        runs[row] = run_trial(trial, preset, seed, Path(out) / row, epochs=epochs, verbose=2, variant=row,
+                              **ABLATIONS[row][1])
     return runs
 
 
@@ -51,9 +52,11 @@ def find_runs(root, trial, preset, seed):
     """row -> run folder, for every row with a complete run under root/<row>/."""
     found = {}
     for row in ABLATIONS:
-        run = Path(root) / row / trial / f"{preset}-s{seed}"
-        if (run / "metrics.json").is_file():
-            found[row] = run
+        for name in (f"{preset}-s{seed}-{row}", f"{preset}-s{seed}"):  # the second: folders from before run keys
+            run = Path(root) / row / trial / name
+            if (run / "metrics.json").is_file():
+                found[row] = run
+                break
     return found
 
 

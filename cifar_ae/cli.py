@@ -18,18 +18,34 @@ def _quiet_tensorflow():
 
 
 def cmd_list(args):
-    from .trials import PRESETS, TRIALS
-    width = max(map(len, TRIALS))
-    for t in TRIALS.values():
+    from .trials import PRESETS, all_trials
+    trials = all_trials()
+    width = max(map(len, trials))
+    for t in trials.values():
         epochs = "/".join(str(t.settings(p)["epochs"]) for p in PRESETS)
         study = ", ".join(f"{k} {v}" for k, v in t.study.items())
         print(f"{t.name:<{width}}  epochs {'/'.join(PRESETS)}={epochs:<10} study: {study:<22} {t.description}")
 
 
+def parse_assignments(items) -> dict:
+    """["FIELD=VALUE", ...] -> {FIELD: Python literal (or the plain string)}, e.g. learning_rate=3e-4."""
+    import ast
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"bad --set {item!r}; write FIELD=VALUE, e.g. --set learning_rate=3e-4.")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
 def cmd_train(args):
     from .training import run_trial
     run = run_trial(args.name, args.preset, args.seed, args.out, epochs=args.epochs, force=args.force,
-                    verbose=1 if sys.stdout.isatty() else 2)
+                    verbose=1 if sys.stdout.isatty() else 2, variant=args.variant, **parse_assignments(args.set))
     metrics = json.loads((run / "metrics.json").read_text())
     shown = {k: metrics[k] for k in ("test_accuracy", "balanced_accuracy", "recon_mse", "recon_psnr", "epochs") if k in metrics}
     print(f"{run}: {json.dumps(shown)}")
@@ -91,8 +107,11 @@ def main(argv=None):
     p.add_argument("--preset", default="quick")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="runs root (default: $CIFAR_AE_RUNS or ./runs)")
-    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
-    p.add_argument("--force", action="store_true", help="retrain even if a complete run exists")
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (a variant run)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change a Trial field for this run, e.g. --set learning_rate=3e-4 (model_args keys are merged)")
+    p.add_argument("--variant", default=None, help="name the changed run's folder <preset>-s<seed>-<VARIANT>")
+    p.add_argument("--force", action="store_true", help="retrain this run even if it is complete")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="re-evaluate a run folder's saved model on the test set")
     p.add_argument("run")

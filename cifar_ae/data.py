@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import math
 import os
 import pickle
 import tarfile
@@ -42,6 +44,7 @@ class Cifar10:
     train_files: np.ndarray  # "class/file.png", canonical order
     test_files: np.ndarray
     source: str
+    digest: str = ""  # sha256 of the decoded arrays (format-independent): the data part of every run key
     class_names: tuple = CLASS_NAMES
 
     def __iter__(self):
@@ -51,38 +54,180 @@ class Cifar10:
 
 
 # --------------------------------------------------------------------------- safe pickles
+# A CIFAR-10 batch is a pickled dict of a uint8 array, a list of int labels and a list of file names. numpy's
+# own unpickling trusts the dtype state it is given (a forged one can hide an object field or an offset past
+# the item size, and numpy then dereferences attacker bytes), so numpy never sees the pickle: the globals a
+# batch uses are mapped to inert records, which are checked and only then turned into arrays by frombuffer.
+
+MAX_PICKLE_BYTES = 64 << 20      # an official batch is ~31 MB
+MAX_PICKLE_OPCODES = 1_000_000   # an official batch has ~40,000
+MAX_PICKLE_DEPTH = 8             # dict -> list -> bytes is 3; an array's reduce/build state is 4
+MAX_ARRAY_ELEMENTS = 64 << 20
+INT_DTYPES = {"u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8"}
+
+
+class _NDArrayClass:
+    """Stands for numpy.ndarray inside a pickle."""
+
+
+class _PickledDtype:
+    def __init__(self, *args):
+        self.args, self.state = args, None
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _PickledArray:
+    def __init__(self, *args):
+        self.args, self.state = args, None
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _PickledScalar:
+    def __init__(self, *args):
+        self.args = args
+
+
+def _reconstruct(*args):
+    return _PickledArray(*args)
+
+
+def _latin1_encode(text, encoding="utf-8"):
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError("_codecs.encode is allowed only as protocol 2's latin1 bytes")
+    return text.encode("latin1")
+
+
+_SAFE_GLOBALS = {
+    ("numpy", "ndarray"): _NDArrayClass, ("numpy", "dtype"): _PickledDtype,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct, ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.multiarray", "scalar"): _PickledScalar, ("numpy._core.multiarray", "scalar"): _PickledScalar,
+    ("_codecs", "encode"): _latin1_encode,  # how protocol-2 pickles written by Python 3 rebuild bytes
+}
+
 
 class _AllowListUnpickler(pickle.Unpickler):
-    """Builds only what a CIFAR-10 batch contains: dicts, lists, bytes, numbers and numpy arrays."""
-    ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-        ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
-        ("__builtin__", "object"), ("builtins", "object"),
-        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 rebuild bytes
-    }
+    """Builds only dicts, lists, tuples, bytes, str, numbers and inert records of numpy arrays."""
 
     def __init__(self, file, path):
         super().__init__(file, encoding="bytes")
         self.path = path
 
     def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
+        if (module, name) not in _SAFE_GLOBALS:
             raise DataError(f"{self.path}: refused to unpickle {module}.{name} (not a CIFAR-10 batch; "
                             "only numpy arrays, lists and dicts are allowed). Replace the file with the official batch.")
-        module = module.replace("numpy.core", "numpy._core").replace("copy_reg", "copyreg")
-        module = "builtins" if module == "__builtin__" else module
-        return super().find_class(module, name)
+        return _SAFE_GLOBALS[(module, name)]
+
+
+_PUSH_LEAF = {"NONE", "NEWTRUE", "NEWFALSE", "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4",
+              "FLOAT", "BINFLOAT", "STRING", "BINSTRING", "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES",
+              "BINBYTES8", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "EMPTY_DICT", "EMPTY_LIST",
+              "EMPTY_TUPLE", "GLOBAL", "BYTEARRAY8"}
+
+
+def _check_pickle_shape(raw: bytes, path):
+    """Bound a pickle's opcode count and nesting depth before unpickling it (a deeply nested tuple used as a
+    dict key would overflow the C stack while being hashed; shared sublists can fake a huge list)."""
+    import pickletools
+    stack, marks, memo = [], [], {}
+
+    def pop_to_mark():
+        if not marks:
+            raise ValueError("MARK missing")
+        cut = marks.pop()
+        items = stack[cut:]
+        del stack[cut:]
+        return max(items, default=0)
+
+    def pop(n):
+        if len(stack) < n:
+            raise ValueError("stack underflow")
+        items = stack[len(stack) - n:] if n else []
+        del stack[len(stack) - n:]
+        return max(items, default=0)
+
+    def nest(depth):
+        if depth > MAX_PICKLE_DEPTH:
+            raise DataError(f"{path}: pickle nests deeper than {MAX_PICKLE_DEPTH} levels; a CIFAR-10 batch is a flat "
+                            "dict of an array and lists. Replace the file with the official batch.")
+        return depth
+
+    try:
+        for count, (op, arg, _) in enumerate(pickletools.genops(raw)):
+            if count > MAX_PICKLE_OPCODES:
+                raise DataError(f"{path}: pickle has more than {MAX_PICKLE_OPCODES:,} opcodes; not a CIFAR-10 batch.")
+            name = op.name
+            if name in _PUSH_LEAF:
+                stack.append(0)
+            elif name in ("PROTO", "FRAME", "STOP"):
+                pass
+            elif name == "MARK":
+                marks.append(len(stack))
+            elif name in ("TUPLE", "LIST", "DICT"):
+                stack.append(nest(pop_to_mark() + 1))
+            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                stack.append(nest(pop(int(name[-1])) + 1))
+            elif name in ("APPENDS", "SETITEMS"):
+                inner = pop_to_mark()
+                stack[-1] = nest(max(stack[-1], inner + 1))
+            elif name == "APPEND":
+                inner = pop(1)
+                stack[-1] = nest(max(stack[-1], inner + 1))
+            elif name == "SETITEM":
+                inner = pop(2)
+                stack[-1] = nest(max(stack[-1], inner + 1))
+            elif name in ("REDUCE", "BUILD", "NEWOBJ"):
+                inner = pop(2) if name != "BUILD" else pop(1)
+                if name == "BUILD":
+                    stack[-1] = nest(max(stack[-1], inner + 1))
+                else:
+                    stack.append(nest(inner + 1))
+            elif name == "STACK_GLOBAL":
+                pop(2)
+                stack.append(0)
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = stack[-1]
+            elif name == "MEMOIZE":
+                memo[len(memo)] = stack[-1]
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo[arg])
+            elif name == "POP":
+                pop(1)
+            elif name == "DUP":
+                stack.append(stack[-1])
+            elif name == "POP_MARK":
+                pop_to_mark()
+            else:
+                raise DataError(f"{path}: pickle uses opcode {name}, which no CIFAR-10 batch has; replace the file "
+                                "with the official batch.")
+    except DataError:
+        raise
+    except Exception as e:  # truncated, or an opcode stream that is not a pickle
+        raise DataError(f"{path}: not a readable CIFAR-10 batch ({type(e).__name__}: {e}); "
+                        "re-download it or point CIFAR10_DIR at an intact copy.") from None
 
 
 def safe_unpickle(path) -> object:
-    """Load a pickle through the allow-list; a truncated or hostile file raises DataError naming it."""
+    """Load a pickle through the allow-list; a truncated or hostile file raises DataError naming it.
+
+    Arrays come back as inert `_PickledArray` records: `_array` checks one and builds it.
+    """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            return _AllowListUnpickler(io.BytesIO(f.read()), path).load()
+        size = path.stat().st_size
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e}).") from None
+    if size > MAX_PICKLE_BYTES:
+        raise DataError(f"{path}: {size:,} bytes, more than any CIFAR-10 batch ({MAX_PICKLE_BYTES:,}); "
+                        "replace it with the official batch.")
+    raw = path.read_bytes()
+    _check_pickle_shape(raw, path)
+    try:
+        return _AllowListUnpickler(io.BytesIO(raw), path).load()
     except DataError:
         raise
     except Exception as e:  # EOFError, UnpicklingError, ... : a truncated or foreign file
@@ -90,19 +235,107 @@ def safe_unpickle(path) -> object:
                         "re-download it or point CIFAR10_DIR at an intact copy.") from None
 
 
+def _text(v):
+    return v.decode("ascii", "replace") if isinstance(v, bytes) else v
+
+
+def _plain_dtype(d, path, what):
+    """A pickled dtype record -> numpy dtype, if (and only if) it is a plain integer type."""
+    bad = DataError(f"{path}: {what} has a dtype that is not a plain integer type (fields, objects, sub-arrays or "
+                    "a forged layout); replace the file with the official batch.")
+    if not isinstance(d, _PickledDtype) or not d.args or not isinstance(d.args[0], (str, bytes)):
+        raise bad
+    name = _text(d.args[0])
+    state = d.state
+    if name not in INT_DTYPES or not isinstance(state, tuple) or len(state) != 8:
+        raise bad
+    version, order, sub, names, fields, elsize, alignment, flags = state
+    order = _text(order)
+    if (version not in (3, 4) or order not in ("|", "<", ">", "=") or sub is not None or names is not None
+            or fields is not None or elsize != -1 or alignment != -1 or flags != 0):
+        raise bad
+    return np.dtype(order + name)
+
+
+def _array(obj, path, what) -> np.ndarray:
+    """A pickled array record, checked against its own buffer, as a numpy array (built by frombuffer)."""
+    bad = f"{path}: {what} is not a plain integer array consistent with its buffer; replace the file with the official batch."
+    if not isinstance(obj, _PickledArray) or not isinstance(obj.state, tuple) or len(obj.state) != 5:
+        raise DataError(bad)
+    if len(obj.args) != 3 or obj.args[0] is not _NDArrayClass:
+        raise DataError(bad)
+    version, shape, dtype, fortran, buf = obj.state
+    if (version != 1 or not isinstance(shape, tuple) or not 1 <= len(shape) <= 4
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
+            or not isinstance(fortran, bool) or not isinstance(buf, bytes)):
+        raise DataError(bad)
+    dt = _plain_dtype(dtype, path, what)
+    n = math.prod(shape)
+    if n > MAX_ARRAY_ELEMENTS or len(buf) != n * dt.itemsize:
+        raise DataError(bad)
+    return np.frombuffer(buf, dtype=dt).reshape(shape, order="F" if fortran else "C")
+
+
+def _labels(obj, n, path) -> np.ndarray:
+    """Labels as a 1-D int64 array: a flat list of ints (or numpy int scalars) or a 1-D int array, of length n."""
+    if isinstance(obj, _PickledArray):
+        labels = _array(obj, path, "b'labels'")
+        if labels.ndim != 1:
+            raise DataError(f"{path}: b'labels' has shape {labels.shape}; expected a flat list of {n} labels.")
+        labels = labels.astype(np.int64)
+    elif isinstance(obj, list):
+        values = []
+        for v in obj:
+            if isinstance(v, _PickledScalar) and len(v.args) == 2 and isinstance(v.args[1], bytes):
+                dt = _plain_dtype(v.args[0], path, "a label")
+                if len(v.args[1]) != dt.itemsize:
+                    raise DataError(f"{path}: a label scalar's bytes do not match its dtype.")
+                v = int(np.frombuffer(v.args[1], dtype=dt)[0])
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise DataError(f"{path}: b'labels' holds a {type(v).__name__}; expected a flat list of ints.")
+            values.append(v)
+        labels = np.asarray(values, dtype=np.int64) if all(-2**63 <= v < 2**63 for v in values) else None
+        if labels is None:
+            raise DataError(f"{path}: b'labels' holds integers outside int64.")
+    else:
+        raise DataError(f"{path}: b'labels' is a {type(obj).__name__}; expected a flat list of ints.")
+    if len(labels) != n:
+        raise DataError(f"{path}: {len(labels)} labels for {n} images.")
+    check_labels(labels, path)
+    return labels
+
+
+def check_labels(labels, where):
+    bad = np.flatnonzero((labels < 0) | (labels >= len(CLASS_NAMES)))
+    if len(bad):
+        raise DataError(f"{where}: label {int(labels[bad[0]])} at index {int(bad[0])} is outside 0..9 "
+                        f"({len(bad)} such labels); CIFAR-10 has 10 classes. Replace the file with the official batch.")
+
+
 # --------------------------------------------------------------------------- the two formats
 
 def _read_batch(path):
     d = safe_unpickle(path)
-    try:
-        data = np.asarray(d[b"data"], dtype=np.uint8)
-        labels = np.asarray(d[b"labels"], dtype=np.int64)
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in d[b"filenames"]]
-    except (KeyError, TypeError) as e:
-        raise DataError(f"{path}: batch lacks key {e}; expected b'data', b'labels', b'filenames'.") from None
-    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data) or len(names) != len(data):
-        raise DataError(f"{path}: batch has data {data.shape}, {len(labels)} labels, {len(names)} names; "
-                        "expected N x 3072 with N labels and names.")
+    if not isinstance(d, dict) or not all(k in d for k in (b"data", b"labels", b"filenames")):
+        keys = sorted(map(repr, d)) if isinstance(d, dict) else type(d).__name__
+        raise DataError(f"{path}: batch has {keys}; expected a dict with b'data', b'labels', b'filenames'.")
+    raw = _array(d[b"data"], path, "b'data'")
+    if raw.ndim != 2 or raw.shape[1] != 3072:
+        raise DataError(f"{path}: b'data' has shape {raw.shape}; expected N x 3072 (32x32x3 per row).")
+    if raw.dtype != np.uint8:
+        lo, hi = (int(raw.min()), int(raw.max())) if raw.size else (0, 0)
+        if lo < 0 or hi > 255:
+            raise DataError(f"{path}: pixel values run from {lo} to {hi}, outside 0..255; "
+                            "replace the file with the official batch.")
+    data = raw.astype(np.uint8)
+    labels = _labels(d[b"labels"], len(data), path)
+    files = d[b"filenames"]
+    if not isinstance(files, list) or len(files) != len(data) or not all(
+            isinstance(n, (bytes, str)) and 0 < len(n) <= 255 for n in files):
+        raise DataError(f"{path}: b'filenames' must be a list of {len(data)} file names.")
+    names = [n.decode(errors="replace") if isinstance(n, bytes) else n for n in files]
+    if any("/" in n or n in (".", "..") for n in names):
+        raise DataError(f"{path}: a file name holds '/' or is '.'/'..'; replace the file with the official batch.")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return images, labels, names
 
@@ -129,6 +362,9 @@ def _decode_image(path):
 
 
 def _list_folder_split(split_dir: Path):
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir}: missing split folder; a CIFAR-10 image tree has train/<class>/ and "
+                        "test/<class>/ for all 10 classes. Point CIFAR10_DIR at a complete copy.")
     classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
     unknown = [c for c in classes if c not in CLASS_NAMES]
     if unknown:
@@ -137,10 +373,13 @@ def _list_folder_split(split_dir: Path):
     files = []
     for label, name in enumerate(CLASS_NAMES):
         d = split_dir / name
-        if d.is_dir():
-            files += [(label, f"{name}/{f}") for f in sorted(os.listdir(d)) if f.lower().endswith(IMAGE_SUFFIXES)]
-    if not files:
-        raise DataError(f"{split_dir}: no images found in class folders.")
+        if not d.is_dir():
+            raise DataError(f"{d}: missing class folder '{name}' (found {len(classes)} of 10 classes); "
+                            "point CIFAR10_DIR at a complete CIFAR-10 tree.")
+        found = [(label, f"{name}/{f}") for f in sorted(os.listdir(d)) if f.lower().endswith(IMAGE_SUFFIXES)]
+        if not found:
+            raise DataError(f"{d}: class folder '{name}' has no images; point CIFAR10_DIR at a complete CIFAR-10 tree.")
+        files += found
     return files
 
 
@@ -175,8 +414,8 @@ def _detect_format(root: Path) -> str | None:
         return "batches"
     if (root / "cifar-10-batches-py" / "data_batch_1").is_file():
         return "batches-nested"
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        return "folders"
+    if (root / "train").is_dir() or (root / "test").is_dir():
+        return "folders"  # a missing split is named when it is listed
     return None
 
 
@@ -185,7 +424,7 @@ def _fingerprint(root: Path, fmt: str) -> str:
     h = hashlib.sha256(f"{fmt}:{root.resolve()}".encode())
     if fmt == "folders":
         for split in ("train", "test"):
-            for dirpath, dirnames, filenames in os.walk(root / split):
+            for dirpath, dirnames, filenames in os.walk(root / split, followlinks=True):  # symlinked class folders too
                 dirnames.sort()
                 for f in sorted(filenames):
                     st = os.stat(os.path.join(dirpath, f))
@@ -201,11 +440,47 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CIFAR_AE_CACHE", "~/.cache/cifar_ae")).expanduser()
 
 
+ARRAY_SPEC = {"x_train": (np.uint8, (32, 32, 3)), "y_train": (np.int64, ()), "x_test": (np.uint8, (32, 32, 3)),
+              "y_test": (np.int64, ())}
+
+
+def arrays_digest(arrays: dict) -> str:
+    """sha256 over the decoded images and labels (shape, dtype and bytes), the same for both source formats."""
+    h = hashlib.sha256()
+    for k in ARRAY_SPEC:
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def _atomic_save_npz(path: Path, **arrays):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
+
+
+def _read_cache(cache: Path, root: Path) -> Cifar10 | None:
+    """The cached arrays if they are what the sidecar says (shapes, dtypes, sha256), else None (rebuilt)."""
+    sidecar = cache.with_suffix(".json")
+    try:
+        meta = json.loads(sidecar.read_text())
+        with np.load(cache, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in (*ARRAY_SPEC, "train_files", "test_files")}
+    except Exception:
+        return None
+    for k, (dtype, tail) in ARRAY_SPEC.items():
+        a = arrays[k]
+        if a.dtype != dtype or a.shape[1:] != tail or len(a) != len(arrays[k.replace("x_", "y_")]):
+            return None
+    if arrays["train_files"].shape != arrays["y_train"].shape or arrays["test_files"].shape != arrays["y_test"].shape:
+        return None
+    digest = arrays_digest(arrays)
+    if not isinstance(meta, dict) or meta.get("sha256") != digest:
+        return None
+    return Cifar10(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                   arrays["train_files"], arrays["test_files"], source=str(root), digest=digest)
 
 
 def _load_from(root: Path, use_cache: bool) -> Cifar10:
@@ -217,22 +492,27 @@ def _load_from(root: Path, use_cache: bool) -> Cifar10:
                         "class folders; point CIFAR10_DIR at one of those.")
     cache = cache_dir() / f"cifar10-{_fingerprint(root, fmt)}.npz"
     if use_cache and cache.is_file():
-        try:
-            with np.load(cache, allow_pickle=False) as z:
-                return Cifar10(z["x_train"], z["y_train"], z["x_test"], z["y_test"],
-                               z["train_files"], z["test_files"], source=str(root))
-        except Exception:
-            pass  # a damaged cache is rebuilt below
+        cached = _read_cache(cache, root)
+        if cached is not None:
+            return cached  # a damaged or mislabelled cache is rebuilt below
     if fmt == "batches":
         train = _load_batches(root, [f"data_batch_{i}" for i in range(1, 6)])
         test = _load_batches(root, ["test_batch"])
     else:
         train = _load_folder_split(root / "train")
         test = _load_folder_split(root / "test")
-    data = Cifar10(train[0], train[1], test[0], test[1], train[2], test[2], source=str(root))
+    arrays = dict(x_train=train[0], y_train=train[1], x_test=test[0], y_test=test[1])
+    for split, y in (("train", train[1]), ("test", test[1])):
+        check_labels(y, f"{root} ({split})")
+    data = Cifar10(train[0], train[1], test[0], test[1], train[2], test[2], source=str(root),
+                   digest=arrays_digest(arrays))
     if use_cache:
-        _atomic_save_npz(cache, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test,
-                         y_test=data.y_test, train_files=data.train_files, test_files=data.test_files)
+        _atomic_save_npz(cache, **arrays, train_files=data.train_files, test_files=data.test_files)
+        meta = {"sha256": data.digest, "source": str(root), "format": fmt,
+                "shapes": {k: list(v.shape) for k, v in arrays.items()}, "dtypes": {k: v.dtype.str for k, v in arrays.items()}}
+        tmp = cache.with_suffix(f".tmp{os.getpid()}.json")
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, cache.with_suffix(".json"))
     return data
 
 

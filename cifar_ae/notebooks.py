@@ -42,9 +42,8 @@ class NotebookSpec:
     title: str
 
 
-# A variant is a trial run with fields overridden (run_trial(..., model_args={...})). run_dir_for() names a run
-# folder by trial name only, so a variant gets its own runs root, variant_dir(RUNS, "upsampling") =
-# <runs>/variants/upsampling, and never reuses or overwrites the plain trial's folder.
+# A variant is a trial run with fields changed (run_trial(..., variant="upsampling", model_args={...})). Its run
+# key differs, so it lives in <runs>/<trial>/<preset>-s<seed>-<variant> and never reuses or overwrites the plain run.
 
 NOTEBOOKS = {s.stem: s for s in [
     NotebookSpec("cifar_classification_v0", "v0", (("v0-mlp-ae", None), ("v0-dense", None), ("v0-conv1d", None)),
@@ -89,13 +88,6 @@ def runs_root(runs=None) -> Path:
     return Path(runs or os.environ.get("CIFAR_AE_RUNS") or REPO_DIR / "runs").expanduser().resolve()
 
 
-def variant_dir(runs, variant) -> Path:
-    """Runs root for a variant of a trial (overridden fields): <runs>/variants/<variant>, e.g. "upsampling"."""
-    if not str(variant).replace("-", "_").isidentifier():
-        raise ValueError(f"variant name '{variant}' must be a simple name such as 'upsampling' or 'tied'.")
-    return Path(runs) / "variants" / str(variant)
-
-
 def output_dir(spec, preset, seed, out=None, runs=None) -> Path:
     return Path(out or runs_root(runs) / "notebooks") / spec.stem / f"{preset}-s{seed}"
 
@@ -123,8 +115,7 @@ def _check_kernel(kernel):
 
 
 def _run_record(trial, variant, preset, seed, runs, started, force):
-    root = variant_dir(runs, variant) if variant else runs
-    run = Path(root) / trial / f"{preset}-s{seed}"  # = training.run_dir_for, without importing TensorFlow here
+    run = Path(runs) / trial / (f"{preset}-s{seed}" + (f"-{variant}" if variant else ""))  # cifar_ae.runs' names
     metrics_path = run / "metrics.json"
     rec = {"trial": trial, "variant": variant, "run": str(run)}
     if not metrics_path.is_file():
@@ -488,12 +479,13 @@ def model_summary(name, preset, seed, runs, **overrides):
     return None
 
 
-def run_trial_if(train, name, preset, seed, out_dir=None, **kwargs):
+def run_trial_if(train, name, preset, seed, out_dir=None, variant=None, **kwargs):
     """run_trial(...) when `train`; otherwise the existing complete run folder, or None (the cells after show nothing)."""
     from .training import is_complete, run_dir_for, run_trial
     if train:
-        return run_trial(name, preset, seed, out_dir=out_dir, **kwargs)
+        return run_trial(name, preset, seed, out_dir=out_dir, variant=variant, **kwargs)
     run = run_dir_for(name, preset, seed, out_dir)
+    run = run.with_name(f"{run.name}-{variant}") if variant else run
     if is_complete(run):
         print(f"[{name}] complete run found at {run}")
         return run

@@ -1,16 +1,21 @@
-"""run_trial: a named trial + preset + seed -> one complete run folder.
+"""run_trial: a trial + preset + seed -> one complete run folder, keyed by what decides its result.
 
-A run folder (runs/<trial>/<preset>-s<seed>/) holds config.json (trial, preset, seed, versions, command),
-history.csv, model.keras (best epoch by validation), metrics.json (written last, atomically) and figures/.
-A killed run resumes from its last finished epoch (BackupAndRestore) when the same command is rerun.
+A run folder (<runs>/<trial>/<preset>-s<seed>[-<variant>]/, see cifar_ae.runs) holds config.json (the run
+key and its digest, code version, machine, versions, command), history.csv (one row per epoch, with its
+wall and CPU seconds), model.keras (the best epoch by validation), metrics.json (written last, atomically)
+and figures/. While it trains, state.json and checkpoints/ let a killed run resume exactly (cifar_ae.resume).
+
+Everything a user can get wrong (a field, an override, the seed, epochs, the data) is checked before the
+folder is created, and one process at a time may write a folder.
 """
 from __future__ import annotations
 
-import csv
+import hashlib
+import inspect
+import json
 import os
 import platform
 import shutil
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,16 +23,21 @@ from pathlib import Path
 import numpy as np
 import keras
 
-from . import data as D, evaluate as E, models as M, plots as P, tricks as T
+from . import data as D, evaluate as E, hardware as H, models as M, plots as P, resume as S, runs as R, tricks as T
 from .batches import ArrayBatches
 from .runinfo import command_line
-from .trials import get_trial
+from .trials import Trial, TrialError, check_epochs, check_seed, get_trial
 
 DEFAULT_OUT = Path(os.environ.get("CIFAR_AE_RUNS", "runs"))
 
 
+def runs_root(out_dir=None) -> Path:
+    return Path(out_dir or os.environ.get("CIFAR_AE_RUNS") or DEFAULT_OUT)
+
+
 def run_dir_for(name, preset, seed, out_dir=None) -> Path:
-    return Path(out_dir or DEFAULT_OUT) / name / f"{preset}-s{seed}"
+    """The folder of a registered trial as defined (no changes): <runs>/<trial>/<preset>-s<seed>."""
+    return runs_root(out_dir) / name / f"{preset}-s{seed}"
 
 
 def is_complete(run_dir) -> bool:
@@ -52,34 +62,69 @@ def prepare_data(trial, settings, seed, source=None) -> dict:
         x, y, _ = D.make_imbalanced(d.x_train, d.y_train, d.train_files)
     elif trial.train_set == "balanced":
         x, y, _ = D.make_balanced(d.x_train, d.y_train)
-    elif trial.train_set == "full":
+    else:  # "full" (Trial validates the field)
         x, y = d.x_train, d.y_train
-    else:
-        raise ValueError(f"unknown train_set '{trial.train_set}'; valid: imbalanced, balanced, full.")
     x_test, y_test = _take(d.x_test, d.y_test, settings["test_images"], seed)
     if trial.validation == "test":  # the study's choice: validation curves on (a slice of) the test set
         x_val, y_val = _take(x_test, y_test, settings["val_images"], seed)
-    elif trial.validation == "holdout":
-        (x, y), (x_val, y_val) = D.train_val_split(x, y, val_fraction=settings["val_images"] / len(y), seed=seed)
     else:
-        raise ValueError(f"unknown validation '{trial.validation}'; valid: holdout, test.")
+        (x, y), (x_val, y_val) = D.train_val_split(x, y, val_fraction=settings["val_images"] / len(y), seed=seed)
     x, y = _take(x, y, settings["train_images"], seed)
     return dict(x_train=x, y_train=y, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test,
-                class_names=list(d.class_names), source=d.source)
+                class_names=list(d.class_names), source=d.source, source_digest=d.digest)
+
+
+def data_identity(data) -> dict:
+    """The data part of a run key: the decoded source's digest and a digest of the exact training subset."""
+    h = hashlib.sha256()
+    for k in ("x_train", "y_train", "x_val", "y_val"):
+        h.update(np.ascontiguousarray(data[k]).tobytes())
+    return {"source_digest": data["source_digest"], "subset_digest": h.hexdigest()[:16]}
 
 
 # --------------------------------------------------------------------------- model for one run
 
-def build_model(trial, preset, seed, out_dir=None, verbose="auto"):
+def resolve_trial(trial, **changes) -> Trial:
+    """A trial name or a Trial object, with `changes` applied (model_args merged, as in get_trial)."""
+    if isinstance(trial, Trial):
+        if not changes:
+            return trial
+        if isinstance(changes.get("model_args"), dict):
+            changes = {**changes, "model_args": {**trial.model_args, **changes["model_args"]}}
+        return trial.replace(**changes)
+    if not isinstance(trial, str):
+        raise TrialError(f"run_trial takes a trial name or a Trial, got {type(trial).__name__}.")
+    return get_trial(trial, **changes)
+
+
+def check_buildable(trial: Trial) -> None:
+    """The builder exists and takes the trial's model_args; a classifier's upstream is an autoencoder trial."""
+    if trial.model not in M.BUILDERS:
+        raise TrialError(f"trial '{trial.name}': unknown model '{trial.model}'; valid builders: {', '.join(M.BUILDERS)}.")
+    params = inspect.signature(M.BUILDERS[trial.model]).parameters
+    accepted = [p for p in params if p != "encoder"]
+    unknown = sorted(set(trial.model_args) - set(accepted))
+    if unknown:
+        raise TrialError(f"trial '{trial.name}': model_args {unknown[0]!r} is not an argument of {trial.model}; "
+                         f"valid: {', '.join(accepted)}.")
+    takes_encoder = "encoder" in params
+    if takes_encoder != (trial.upstream is not None):
+        raise TrialError(f"trial '{trial.name}': a classifier on frozen features needs upstream=<autoencoder trial> "
+                         f"and a builder that takes an encoder; got upstream={trial.upstream!r}, model={trial.model}.")
+    if trial.upstream is not None and get_trial(trial.upstream).task != "autoencoder":
+        raise TrialError(f"trial '{trial.name}': upstream '{trial.upstream}' is not an autoencoder trial.")
+    if trial.strategy == "mirrored" and keras.backend.backend() != "tensorflow":
+        raise TrialError("strategy 'mirrored' needs the TensorFlow backend (KERAS_BACKEND=tensorflow).")
+
+
+def build_model(trial, preset, seed, out_dir=None, verbose="auto", upstream_dir=None):
     """The trial's model; a classifier on an upstream encoder first makes sure that autoencoder run exists."""
     builder = M.BUILDERS[trial.model]
     if trial.upstream is None:
         return builder(**trial.model_args), None
-    upstream_dir = run_dir_for(trial.upstream, preset, seed, out_dir)
-    if not is_complete(upstream_dir):
-        print(f"[{trial.name}] training upstream autoencoder {trial.upstream} first -> {upstream_dir}")
-        run_trial(trial.upstream, preset, seed, out_dir, verbose=verbose)
-    ae = keras.saving.load_model(upstream_dir / "model.keras", safe_mode=True, compile=False)
+    if upstream_dir is None:
+        upstream_dir = run_trial(trial.upstream, preset, seed, out_dir, verbose=verbose)
+    ae = keras.saving.load_model(Path(upstream_dir) / "model.keras", safe_mode=True, compile=False)
     encoder = M.encoder_of(ae, trial.feature_layer)
     encoder.trainable = False  # frozen features, as in the study
     return builder(encoder, **trial.model_args), str(upstream_dir)
@@ -91,9 +136,7 @@ def make_optimizer(trial):
         return keras.optimizers.Adam(trial.learning_rate, **kw)
     if trial.optimizer == "adamw":
         return keras.optimizers.AdamW(trial.learning_rate, **kw)
-    if trial.optimizer == "sgd":
-        return keras.optimizers.SGD(trial.learning_rate, momentum=0.9, nesterov=True, **kw)
-    raise ValueError(f"unknown optimizer '{trial.optimizer}'; valid: adam, adamw, sgd.")
+    return keras.optimizers.SGD(trial.learning_rate, momentum=0.9, nesterov=True, **kw)  # "sgd"
 
 
 def label_loss(trial):
@@ -105,12 +148,10 @@ def compile_model(model, trial):
         model.compile(make_optimizer(trial), loss="mse", metrics=["mse"])
     elif trial.task == "classifier":
         model.compile(make_optimizer(trial), loss=label_loss(trial), metrics=["accuracy"])
-    elif trial.task == "joint":
+    else:  # "joint"
         recon = T.WeightedMSE(trial.recon_weight[0]) if trial.recon_weight else "mse"
         model.compile(make_optimizer(trial), loss={"reconstruction": recon, "label": label_loss(trial)},
                       loss_weights=trial.loss_weights, metrics={"reconstruction": ["mse"], "label": ["accuracy"]})
-    else:
-        raise ValueError(f"unknown task '{trial.task}'; valid: autoencoder, classifier, joint.")
     return model
 
 
@@ -129,7 +170,17 @@ def versions() -> dict:
             "platform": platform.platform()}
 
 
+def enable_determinism() -> bool:
+    """TensorFlow's op determinism (same seed, same machine -> same numbers); returns whether it is on."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+    tf.config.experimental.enable_op_determinism()
+    return True
+
+
 def _read_history(path) -> dict:
+    import csv
     if not Path(path).is_file():
         return {}
     with open(path, newline="") as f:
@@ -149,7 +200,7 @@ def _batches(trial, data, settings, seed, train: bool, batch_size=None):
     if trial.class_weight and trial.task != "autoencoder":
         cw = D.class_weights(data["y_train"], trial.class_weight)
         sample_weight = np.array([cw[int(c)] for c in data["y_train"]], np.float32)
-    workers = settings["workers"] if transform is not None else 1
+    workers = H.usable_cores() if transform is not None else 1
     # threads, not processes: the augmenter's numpy kernels and Pillow release the GIL, and threads skip
     # pickling every batch (benchmarks/augment_throughput.py: 1.3-1.5x the throughput of 2 processes)
     return ArrayBatches(data["x_train"], data["y_train"], batch_size=batch_size or trial.batch_size, targets=targets,
@@ -157,34 +208,91 @@ def _batches(trial, data, settings, seed, train: bool, batch_size=None):
                         workers=workers, use_multiprocessing=False)
 
 
-def run_trial(name, preset="quick", seed=0, out_dir=None, epochs=None, force=False, callbacks=(),
-              verbose="auto", source=None, **overrides) -> Path:
-    """Train, evaluate and record one trial; returns its run folder. A complete run is kept unless `force`."""
-    trial = get_trial(name, **overrides)
+def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=False, callbacks=(),
+              verbose="auto", source=None, variant=None, **changes) -> Path:
+    """Train, evaluate and record one run; returns its folder.
+
+    trial: a name in TRIALS or a Trial object (e.g. built in a notebook cell); `changes` are Trial fields
+    applied to it (model_args merged). The run's key (cifar_ae.runs) picks its folder: the registered trial at
+    the preset's settings keeps <trial>/<preset>-s<seed>, anything else gets a digest suffix or `variant`.
+    A complete run with the same key is reused; an unfinished one resumes; `force` retrains that one run.
+    """
+    trial = resolve_trial(trial, **changes)
+    seed = check_seed(seed)
     settings = trial.settings(preset)
     if epochs is not None:
-        settings["epochs"] = int(epochs)
-    run = run_dir_for(name, preset, seed, out_dir)
-    if is_complete(run) and not force:
-        print(f"[{name}] complete run found at {run} (use force=True / --force to retrain)")
-        return run
-    if force and run.exists():
-        shutil.rmtree(run)
-    run.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(seed)
-
+        settings["epochs"] = check_epochs(epochs)
+    check_epochs(settings["epochs"])
+    root = runs_root(out_dir)
+    R.folder_name(preset, seed, "", True, variant)  # a bad variant name fails here
+    check_buildable(trial)
+    precision = H.resolve_precision(trial.precision)
     data = prepare_data(trial, settings, seed, source)
-    stats = D.fit_scaling(data["x_train"], trial.scaling)
-    data["scaling"] = None if trial.scaling == "unit" else stats
+
+    upstream_dir, upstream = None, None
+    if trial.upstream is not None:
+        upstream_dir = run_trial(trial.upstream, preset, seed, out_dir, verbose=verbose, source=source)
+        up_config = R.read_config(upstream_dir) or {}
+        upstream = {"trial": trial.upstream, "key_digest": up_config.get("key_digest")}
+    key = R.run_key(trial, preset, settings, seed, precision, data_identity(data), upstream)
+    key_digest = R.digest(key)
+    plain = R.is_registered(trial, settings, preset)
+    run = R.run_folder(root, trial, preset, seed, key_digest, plain, variant)
+    if not force:
+        R.check_same_run(run, key_digest, R.read_config(run))
+        if is_complete(run):
+            print(f"[{trial.name}] complete run found at {run} (force=True / --force retrains it)")
+            return run
+
+    keras.utils.set_random_seed(seed)  # here, after any upstream training, so the same seed builds the same net
+    determinism = enable_determinism()
     previous_policy = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy(trial.precision)
+    keras.mixed_precision.set_global_policy(precision)
+    created = not run.exists()
     try:
         with distribution_scope(trial.strategy):
-            model, upstream = build_model(trial, preset, seed, out_dir, verbose)
+            model, _ = build_model(trial, preset, seed, out_dir, verbose, upstream_dir)
             compile_model(model, trial)
-        return _fit_and_record(trial, name, preset, seed, settings, run, data, model, upstream, callbacks, verbose)
+        with R.RunLock(run):
+            config = R.read_config(run)
+            if force:
+                _clear_run(run)
+                config = None
+            if config is not None:
+                R.check_same_run(run, key_digest, config)
+                if is_complete(run):  # another process finished it while this one waited
+                    return run
+            else:
+                config = _write_config(run, trial, preset, seed, settings, data, key, key_digest, precision,
+                                       determinism, upstream_dir)
+            return _train_and_record(trial, preset, seed, settings, run, data, model, callbacks, verbose)
+    except BaseException:
+        if created and run.exists() and S.read_state(run) is None and not (run / "model.keras").exists():
+            shutil.rmtree(run, ignore_errors=True)  # nothing of this run was committed: leave no empty folder
+        raise
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _clear_run(run):
+    """force: empty this run's folder (never another's), keeping the lock file this process holds."""
+    for p in Path(run).iterdir():
+        if p.name == ".lock":
+            continue
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+def _write_config(run, trial, preset, seed, settings, data, key, key_digest, precision, determinism, upstream_dir):
+    config = {"trial": trial.to_dict(), "preset": preset, "settings": settings, "seed": seed,
+              "key": key, "key_digest": key_digest, "code_version": R.code_version(),
+              "precision": precision, "op_determinism": determinism, "machine": H.describe(),
+              "upstream_run": None if upstream_dir is None else str(upstream_dir), "command": command_line(),
+              "cwd": os.getcwd(), "data_source": data["source"], "versions": versions(),
+              "train_images": len(data["y_train"]), "val_images": len(data["y_val"]), "test_images": len(data["y_test"]),
+              "train_class_counts": np.bincount(data["y_train"], minlength=10).tolist(),
+              "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    E.write_json_atomic(run / "config.json", config)
+    return config
 
 
 def distribution_scope(strategy):
@@ -192,78 +300,78 @@ def distribution_scope(strategy):
     import contextlib
     if strategy is None:
         return contextlib.nullcontext()
-    if strategy != "mirrored":
-        raise ValueError(f"unknown strategy '{strategy}'; valid: mirrored (or none).")
-    if keras.backend.backend() != "tensorflow":
-        raise ValueError("strategy 'mirrored' needs the TensorFlow backend (KERAS_BACKEND=tensorflow).")
     import tensorflow as tf
     return tf.distribute.MirroredStrategy().scope()
 
 
-def trick_callbacks(trial, model, epochs):
-    """Callbacks for the trial's schedules; ReduceLROnPlateau only when no LR schedule is set."""
+def trick_callbacks(trial, model, settings):
+    """The trial's schedules and the preset's early stopping; ReduceLROnPlateau only when no LR schedule is set."""
     cbs = []
     monitor, mode = monitor_for(trial.task)
+    epochs = settings["epochs"]
     if trial.lr_schedule == "onecycle":
         cbs.append(T.OneCycleLR(trial.learning_rate, epochs, trial.warmup))
-    elif trial.lr_schedule is None:
-        cbs.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=0.5, patience=3, min_lr=1e-5))
     else:
-        raise ValueError(f"unknown lr_schedule '{trial.lr_schedule}'; valid: onecycle (or none).")
+        cbs.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=0.5, patience=3, min_lr=1e-5))
     if trial.recon_weight and trial.task == "joint":
         cbs.append(T.ReconWeightSchedule(model.loss["reconstruction"], *trial.recon_weight, epochs))
+    if settings.get("early_stopping"):  # best weights come back from the run's best checkpoint, not from memory
+        cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=int(settings["early_stopping"])))
     return cbs
 
 
-def _fit_and_record(trial, name, preset, seed, settings, run, data, model, upstream, callbacks, verbose):
-    config = {"trial": trial.to_dict(), "preset": preset, "settings": settings, "seed": seed,
-              "upstream_run": upstream, "command": command_line(),
-              "cwd": os.getcwd(), "data_source": data["source"], "versions": versions(),
-              "train_images": len(data["y_train"]), "val_images": len(data["y_val"]), "test_images": len(data["y_test"]),
-              "train_class_counts": np.bincount(data["y_train"], minlength=10).tolist(),
-              "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    E.write_json_atomic(run / "config.json", config)
-
-    monitor, mode = monitor_for(trial.task)
-    (run / "checkpoints").mkdir(exist_ok=True)
-    best_path = run / "checkpoints" / "best.weights.h5"
-    cbs = [
-        # kept between batch-size stages; removed below once the run is complete
-        keras.callbacks.BackupAndRestore(str(run / "backup"), delete_checkpoint=False),
-        keras.callbacks.ModelCheckpoint(str(best_path), monitor=monitor, mode=mode, save_best_only=True,
-                                        save_weights_only=True),
-        *trick_callbacks(trial, model, settings["epochs"]),
-        keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
-        keras.callbacks.TerminateOnNaN(),
-        *callbacks,
-    ]
-    t0 = time.perf_counter()
-    val = _batches(trial, data, settings, seed, False)
-    for first, end, batch_size in T.batch_stages(trial.batch_sizes or (trial.batch_size,), settings["epochs"]):
-        model._initial_epoch = None  # let BackupAndRestore (or this stage's start) decide where to begin
-        model.fit(_batches(trial, data, settings, seed, train=True, batch_size=batch_size), validation_data=val,
-                  initial_epoch=first, epochs=end, callbacks=cbs, verbose=verbose)
-    train_seconds = time.perf_counter() - t0
-    shutil.rmtree(run / "backup", ignore_errors=True)
-    if best_path.is_file():
-        model.load_weights(best_path)
-    model_tmp = run / ".model.tmp.keras"
-    model.save(model_tmp)
-    os.replace(model_tmp, run / "model.keras")
-    shutil.rmtree(run / "checkpoints", ignore_errors=True)
-
+def _train_and_record(trial, preset, seed, settings, run, data, model, callbacks, verbose):
+    """Train (resuming from state.json), save the best epoch's model, evaluate, write metrics.json last."""
+    stats = D.fit_scaling(data["x_train"], trial.scaling)
+    data["scaling"] = None if trial.scaling == "unit" else stats
+    state = S.read_state(run) or {}
+    if state.get("trained") and (run / "model.keras").is_file():
+        if S.sha256_file(run / "model.keras") != state.get("model_sha256"):
+            raise S.CheckpointError(f"{run / 'model.keras'} is damaged (sha256 differs from state.json); delete "
+                                    f"{run} to retrain this run.")
+        model = keras.saving.load_model(run / "model.keras", safe_mode=True, compile=False)  # killed while evaluating
+    else:
+        model = _train(trial, settings, run, data, model, callbacks, verbose, seed)
     history = _read_history(run / "history.csv")
+    state = S.read_state(run)
     metrics = evaluate_model(model, trial, data, run, settings, seed)
     epochs_run = len(next(iter(history.values()), []))
-    metrics.update({"trial": name, "preset": preset, "seed": seed, "epochs": epochs_run,
-                    "train_seconds_this_session": round(train_seconds, 1),
-                    "train_images_per_second": round(len(data["y_train"]) * settings["epochs"] / max(train_seconds, 1e-9), 1)
-                    if epochs_run == settings["epochs"] else None,
-                    "study": trial.study, "command": config["command"]})
+    train_seconds = float(sum(history.get("train_seconds", [])))
+    metrics.update({"trial": trial.name, "preset": preset, "seed": seed, "epochs": epochs_run,
+                    "best_epoch": state.get("best_epoch"), "stopped_early": bool(state.get("stopped")),
+                    "train_seconds": round(train_seconds, 1),
+                    "train_images_per_second": round(len(data["y_train"]) * epochs_run / train_seconds, 1)
+                    if train_seconds > 0 else None,
+                    "study": trial.study, "command": command_line()})
     if history:
         P.save(P.training_curves(history), run / "figures" / "curves.png")
     E.write_json_atomic(run / "metrics.json", metrics)  # last: its presence marks the run complete
     return run
+
+
+def _train(trial, settings, run, data, model, callbacks, verbose, seed):
+    monitor, mode = monitor_for(trial.task)
+    val = _batches(trial, data, settings, seed, False)
+    tricks = trick_callbacks(trial, model, settings)
+    stateful = [cb for cb in tricks if type(cb).__name__ in S.STATEFUL_ATTRS]
+    for first, end, batch_size in T.batch_stages(trial.batch_sizes or (trial.batch_size,), settings["epochs"]):
+        train = _batches(trial, data, settings, seed, train=True, batch_size=batch_size)
+        state = S.RunState(run, monitor, mode, stateful=stateful, datasets=[train])
+        if state.stopped or state.epochs_done >= end:
+            continue
+        if not model.optimizer.built:  # restoring needs the optimizer's variables to exist
+            with model.distribute_strategy.scope():
+                model.optimizer.build(model.trainable_variables)
+        model.fit(train, validation_data=val, initial_epoch=max(first, state.epochs_done), epochs=end,
+                  callbacks=[*tricks, *callbacks, state], verbose=verbose, shuffle=False)
+    state = S.RunState(run, monitor, mode)
+    state.restore_best(model)
+    S.save_model_atomic(model, run / "model.keras")
+    final = S.read_state(run)
+    final.update(trained=True, model_sha256=S.sha256_file(run / "model.keras"), best_epoch=state.best_epoch)
+    S.write_state(run, final)
+    shutil.rmtree(run / "checkpoints", ignore_errors=True)
+    return model
 
 
 def evaluate_model(model, trial, data, run, settings, seed) -> dict:
@@ -306,16 +414,21 @@ def _has_layer(model, name):
         return False
 
 
+def trial_from_config(config) -> Trial:
+    """The Trial a run folder's config.json records (fields a newer Trial lacks are dropped)."""
+    from dataclasses import fields
+    names = {f.name for f in fields(Trial)}
+    return Trial(**{k: v for k, v in config["trial"].items() if k in names})
+
+
 def reevaluate(run_dir) -> dict:
     """Load a run's model (Keras safe mode) and recompute its test metrics and figures."""
-    import json
     run_dir = Path(run_dir)
     if not (run_dir / "model.keras").is_file() or not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir}: not a run folder (needs config.json and model.keras); "
                                 "train one with `python -m cifar_ae train NAME`.")
-    config = json.loads((run_dir / "config.json").read_text())
-    t = config["trial"]
-    trial = get_trial(t["name"], **{k: v for k, v in t.items() if k != "name"})
+    config = R.read_config(run_dir)
+    trial = trial_from_config(config)
     data = prepare_data(trial, config["settings"], config["seed"])
     stats = D.fit_scaling(data["x_train"], trial.scaling)
     data["scaling"] = None if trial.scaling == "unit" else stats

@@ -1,26 +1,165 @@
 """Every trial of the study as plain data: model, optimizer, data, augmentation and length per preset.
 
 A trial's full definition is its entry in TRIALS; `run_trial` (cifar_ae.training) turns it into a run folder.
-Presets set the length: `smoke` (seconds, tests and CI), `quick` (minutes on a 2-core CPU), `full` (the
-study's length, for a GPU). A trial may override any preset field (e.g. fewer quick epochs for a slow model).
+Presets set the length: `smoke` (seconds, tests and CI), `quick` (minutes on a 2-core CPU), `full` (long
+fixed-length runs, for a GPU) and `study` (the study's length: up to 100 epochs, early stopping on the
+validation metric with patience 10, best weights restored). A trial may override any preset field.
+
+Every Trial field is declared once in FIELDS with its valid values and checked when a Trial is built, so a
+typo (``optimizer="adamx"``) fails in the notebook cell or command that made it, before any data is loaded.
+``get_trial(name, **changes)`` merges ``model_args`` into the trial's own and replaces every other field;
+``trial.replace(model_args={...})`` replaces the whole dict.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from pathlib import Path
 
 PRESETS = {
-    # train_images: None = the whole training subset; test_images: None = the full 10,000-image test set
-    "smoke": dict(epochs=1, train_images=256, val_images=64, test_images=256, tsne_points=0, workers=1),  # t-SNE off: seconds
-    "quick": dict(epochs=5, train_images=None, val_images=2000, test_images=None, tsne_points=1000, workers=2),
-    "full": dict(epochs=100, train_images=None, val_images=2000, test_images=None, tsne_points=2000, workers=4),
+    # train_images: None = the whole training subset; test_images: None = the full 10,000-image test set;
+    # early_stopping: patience in epochs on the validation metric (None: train every epoch)
+    "smoke": dict(epochs=1, train_images=256, val_images=64, test_images=256, tsne_points=0, early_stopping=None),
+    "quick": dict(epochs=5, train_images=None, val_images=2000, test_images=None, tsne_points=1000, early_stopping=None),
+    "full": dict(epochs=100, train_images=None, val_images=2000, test_images=None, tsne_points=2000, early_stopping=None),
+    "study": dict(epochs=100, train_images=None, val_images=2000, test_images=None, tsne_points=2000, early_stopping=10),
 }
+SETTING_KEYS = tuple(PRESETS["smoke"])
 
 STUDY_AUGMENTATION = {"policy": "study", "flip": True, "translate": 4}
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")  # trial, variant and run names become folder names
+
+
+# --------------------------------------------------------------------------- field constraints
+
+class TrialError(ValueError):
+    """A Trial field, override, preset, seed or epoch count is invalid; the message names it and the fix."""
+
+
+def _name(v):
+    return isinstance(v, str) and bool(NAME_PATTERN.fullmatch(v)) and v not in (".", "..")
+
+
+def _options(*values):
+    return ("one of " + ", ".join(repr(v) for v in values), lambda v: v in values)
+
+
+def _number(low, high=math.inf, low_open=False, kind=Real, none=False):
+    lo, hi = ("(" if low_open else "["), ("]" if high != math.inf else ")")
+    what = f"{'an int' if kind is Integral else 'a number'} in {lo}{low}, {high}{hi}" + (" or None" if none else "")
+
+    def ok(v):
+        if v is None:
+            return none
+        if isinstance(v, bool) or not isinstance(v, kind):
+            return False
+        return (v > low if low_open else v >= low) and v <= high and math.isfinite(v)
+    return what, ok
+
+
+def _mapping(keys=None, values=None, none=False):
+    what = "a dict" + (f" with keys from {sorted(keys)}" if keys else "") + (" or None" if none else "")
+
+    def ok(v):
+        if v is None:
+            return none
+        return (isinstance(v, dict) and (keys is None or set(v) <= set(keys))
+                and (values is None or all(values(x) for x in v.values())))
+    return what, ok
+
+
+def _nonneg(x):
+    return not isinstance(x, bool) and isinstance(x, Real) and math.isfinite(x) and x >= 0
+
+
+def _pair_or_none(v):
+    return v is None or (isinstance(v, (tuple, list)) and len(v) == 2 and all(_nonneg(x) for x in v))
+
+
+def _sizes_or_none(v):
+    return v is None or (isinstance(v, (tuple, list)) and len(v) >= 1
+                         and all(isinstance(x, Integral) and not isinstance(x, bool) and x >= 1 for x in v))
+
+
+def _augmentation(v):
+    if v is None:
+        return True
+    from augment import make_augmenter  # numpy + Pillow only: cheap
+    make_augmenter(v)  # raises ValueError naming the bad key or policy
+    return True
+
+
+def _presets(v):
+    return isinstance(v, dict) and all(p in PRESETS and isinstance(s, dict) and set(s) <= set(SETTING_KEYS)
+                                       for p, s in v.items())
+
+
+# field -> (what a valid value is, check). Declared once; Trial.__post_init__ applies it.
+FIELDS = {
+    "name": ("a name of letters, digits, '.', '_' or '-'", _name),
+    "description": ("a string", lambda v: isinstance(v, str)),
+    "task": _options("autoencoder", "classifier", "joint"),
+    "model": ("the name of a builder in cifar_ae.models.BUILDERS", lambda v: isinstance(v, str) and bool(v)),
+    "model_args": _mapping(),
+    "upstream": ("None or the name of an autoencoder trial", lambda v: v is None or _name(v)),
+    "feature_layer": ("a layer name", lambda v: isinstance(v, str) and bool(v)),
+    "optimizer": _options("adam", "adamw", "sgd"),
+    "learning_rate": _number(0, 10, low_open=True),
+    "batch_size": _number(1, 65536, kind=Integral),
+    "train_set": _options("imbalanced", "balanced", "full"),
+    "validation": _options("holdout", "test"),
+    "scaling": _options("unit", "mean", "zscore"),
+    "augmentation": ("None, a policy name or a dict of augment.make_augmenter keys", _augmentation),
+    "class_weight": _options(None, "inverse", "effective"),
+    "loss_weights": _mapping({"reconstruction", "label"}, _nonneg, none=True),
+    "weight_decay": _number(0, 1, none=True),
+    "lr_schedule": _options(None, "onecycle"),
+    "warmup": _number(0, 1),
+    "label_smoothing": _number(0, 0.99),
+    "recon_weight": ("None or a (start, end) pair of numbers >= 0", _pair_or_none),
+    "batch_sizes": ("None or a tuple of batch sizes >= 1", _sizes_or_none),
+    "tta_flip": ("True or False", lambda v: isinstance(v, bool)),
+    "precision": _options("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+    "strategy": _options(None, "mirrored"),
+    "presets": (f"a dict of preset -> {{setting: value}} with presets from {list(PRESETS)} and settings from "
+                f"{list(SETTING_KEYS)}", _presets),
+    "study": _mapping(),
+}
+TUPLE_FIELDS = ("recon_weight", "batch_sizes")  # JSON gives lists back; a Trial keeps tuples
+
+
+def check_field(trial_name, key, value):
+    what, ok = FIELDS[key]
+    try:
+        valid = ok(value)
+    except ValueError as e:  # augmentation: make_augmenter's own message
+        raise TrialError(f"trial '{trial_name}': {key}: {e}") from None
+    if not valid:
+        raise TrialError(f"trial '{trial_name}': {key} must be {what}; got {value!r}.")
+
+
+def check_seed(seed):
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed < 2**32:
+        raise TrialError(f"seed must be an int in [0, 2**32); got {seed!r} (set it with --seed N / seed=N).")
+    return int(seed)
+
+
+def check_epochs(epochs):
+    if isinstance(epochs, bool) or not isinstance(epochs, Integral) or epochs < 1:
+        raise TrialError(f"epochs must be an int >= 1; got {epochs!r} (set it with --epochs N / epochs=N).")
+    return int(epochs)
+
+
+def check_name(name, what="variant"):
+    if not _name(name):
+        raise TrialError(f"{what} name {name!r} must be letters, digits, '.', '_' or '-' (it becomes a folder name).")
+    return name
 
 
 @dataclass(frozen=True)
@@ -32,7 +171,7 @@ class Trial:
     model_args: dict = field(default_factory=dict)
     upstream: str | None = None     # autoencoder trial whose frozen encoder feeds this classifier
     feature_layer: str = "features"
-    optimizer: str = "adam"         # "adam" | "sgd" (momentum 0.9, Nesterov)
+    optimizer: str = "adam"         # "adam" | "adamw" | "sgd" (momentum 0.9, Nesterov)
     learning_rate: float = 1e-3
     batch_size: int = 128
     train_set: str = "imbalanced"   # "imbalanced" (the study's) | "balanced" (2,500 per class) | "full"
@@ -49,19 +188,38 @@ class Trial:
     recon_weight: tuple | None = None  # (start, end): reconstruction loss weight scheduled over the epochs
     batch_sizes: tuple | None = None   # growing batch size, e.g. (128, 256, 512): equal stages of the epochs
     tta_flip: bool = False             # evaluate on image + mirror, averaged
-    precision: str = "float32"         # "mixed_bfloat16" / "mixed_float16" for speed
+    precision: str = "float32"         # "auto": bf16 where the hardware has it natively (cifar_ae.hardware)
     strategy: str | None = None        # None | "mirrored": tf.distribute.MirroredStrategy over all devices
     presets: dict = field(default_factory=dict)  # per-preset overrides of PRESETS
     study: dict = field(default_factory=dict)    # the study's reported numbers, for reports
 
+    def __post_init__(self):
+        for key in TUPLE_FIELDS:
+            value = getattr(self, key)
+            if isinstance(value, list):
+                object.__setattr__(self, key, tuple(value))
+        for key in FIELDS:
+            check_field(self.name, key, getattr(self, key))
+
     def settings(self, preset: str) -> dict:
         """The preset's fields with this trial's overrides applied."""
         if preset not in PRESETS:
-            raise ValueError(f"unknown preset '{preset}'; valid presets: {', '.join(PRESETS)}.")
+            raise TrialError(f"unknown preset '{preset}'; valid presets: {', '.join(PRESETS)}.")
         return {**PRESETS[preset], **self.presets.get(preset, {})}
+
+    def replace(self, **changes) -> "Trial":
+        """A copy with fields replaced, each validated (``model_args`` is replaced whole: see get_trial)."""
+        check_changes(self.name, changes)
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def check_changes(name, changes):
+    unknown = sorted(set(changes) - set(FIELDS))
+    if unknown:
+        raise TrialError(f"unknown Trial field {unknown[0]!r} for '{name}'; valid fields: {', '.join(FIELDS)}.")
 
 
 def _joint(name, description, **kw):
@@ -142,11 +300,25 @@ TRIALS = {t.name: t for t in [
 ]}
 
 
-def get_trial(name: str, **overrides) -> Trial:
-    """The named trial, optionally with fields replaced (e.g. ``model_args={"tie_weights": True}``)."""
+def get_trial(name: str, **changes) -> Trial:
+    """The named trial with `changes` applied: ``model_args`` keys are merged into the trial's own
+    (``get_trial("v2-joint-noaug", model_args={"tie_weights": True})`` keeps the other sizes), every other
+    field is replaced. To replace the whole model_args dict, use ``get_trial(name).replace(model_args={...})``.
+    """
+    if name not in TRIALS and not _TUNED_LOADED:
+        load_tuned_trials()
     if name not in TRIALS:
-        raise ValueError(f"unknown trial '{name}'; valid trials: {', '.join(TRIALS)}.")
-    return dataclasses.replace(TRIALS[name], **overrides) if overrides else TRIALS[name]
+        raise TrialError(f"unknown trial '{name}'; valid trials: {', '.join(TRIALS)}.")
+    trial = TRIALS[name]
+    if trial.model.startswith("tuned_"):  # builders of tuned trials live in cifar_ae.tuning (imports keras)
+        from .tuning import register_builders
+        register_builders()
+    if not changes:
+        return trial
+    check_changes(name, changes)
+    if isinstance(changes.get("model_args"), dict):
+        changes = {**changes, "model_args": {**trial.model_args, **changes["model_args"]}}
+    return dataclasses.replace(trial, **changes)
 
 
 # --------------------------------------------------------------------------- tuned trials
@@ -155,7 +327,7 @@ def get_trial(name: str, **overrides) -> Trial:
 TUNED_TRIALS_FILE = Path(os.environ.get("CIFAR_AE_TUNED_TRIALS",
                                         Path(__file__).resolve().parent.parent / "results" / "tuned_trials.json"))
 TUNED_NAMES: set = set()
-_study_get_trial = get_trial
+_TUNED_LOADED = False
 
 
 def load_tuned_trials(path=None) -> list:
@@ -167,19 +339,16 @@ def load_tuned_trials(path=None) -> list:
     except (OSError, ValueError, TypeError, AttributeError) as e:
         warnings.warn(f"{path}: tuned trials not loaded ({type(e).__name__}: {e})")
         return []
+    global _TUNED_LOADED
+    _TUNED_LOADED = True
     added = [t.name for t in trials if t.name not in TRIALS or t.name in TUNED_NAMES]
     TRIALS.update({t.name: t for t in trials if t.name in added})
     TUNED_NAMES.update(added)
     return added
 
 
-def get_trial(name: str, **overrides) -> Trial:  # noqa: F811 - the study's get_trial, plus tuned builders
-    """The named trial, optionally with fields replaced (e.g. ``model_args={"tie_weights": True}``)."""
-    trial = _study_get_trial(name, **overrides)
-    if trial.model.startswith("tuned_"):  # builders of tuned trials live in cifar_ae.tuning (imports keras)
-        from .tuning import register_builders
-        register_builders()
-    return trial
-
-
-load_tuned_trials()
+def all_trials() -> dict:
+    """TRIALS with the tuned trials loaded (for listings)."""
+    if not _TUNED_LOADED:
+        load_tuned_trials()
+    return TRIALS

@@ -213,7 +213,7 @@ def classifier_model_args(v) -> dict:
 def make_optimizer(name, learning_rate):
     """The same optimizers as training.make_optimizer (SGD: momentum 0.9, Nesterov)."""
     from .training import make_optimizer as training_optimizer
-    return training_optimizer(Trial("tuning", "", task="joint", model="", optimizer=name, learning_rate=float(learning_rate)))
+    return training_optimizer(Trial("tuning", "", task="joint", model="joint_model", optimizer=name, learning_rate=float(learning_rate)))
 
 
 # --------------------------------------------------------------------------- hypermodels
@@ -644,7 +644,10 @@ def tuned_trial_record(hypermodel, values, name, description) -> dict:
                   model_args=classifier_model_args(values), presets={"quick": {"epochs": 5}, "full": {"epochs": 50}},
                   **common)
     # only what differs from Trial's defaults: the record stays valid as Trial gains fields
-    defaults = Trial("", "", task="", model="").to_dict()
+    import dataclasses
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(Trial) if f.default is not dataclasses.MISSING
+                or f.default_factory is not dataclasses.MISSING}
     return {k: v for k, v in t.to_dict().items() if k in ("name", "description", "task", "model") or v != defaults[k]}
 
 

@@ -91,7 +91,7 @@ def test_unknown_notebook_is_a_one_line_error(capsys):
     assert err.startswith("error: unknown notebook 'v9'; valid notebooks: v0 (cifar_classification_v0), v1")
     assert "\n" not in err
     assert cli.main(["notebooks", "--preset", "fast", "v0"]) == 2
-    assert capsys.readouterr().err.strip() == "error: unknown preset 'fast'; valid presets: smoke, quick, full."
+    assert capsys.readouterr().err.strip() == "error: unknown preset 'fast'; valid presets: smoke, quick, full, study."
     assert cli.main(["notebooks", "-p", "NOPE=1", "v0"]) == 2
     assert "unknown parameter NOPE" in capsys.readouterr().err
 
@@ -121,15 +121,15 @@ def test_table_renders_three_ways():
 
 
 def test_switched_off_variant_is_skipped_not_trained(tmp_path, capsys):
-    root = nb.variant_dir(tmp_path, "upsampling")
-    assert nb.run_trial_if(False, "v1-cnn-ae", "smoke", 0, out_dir=root) is None
+    root = tmp_path
+    assert nb.run_trial_if(False, "v1-cnn-ae", "smoke", 0, out_dir=root, variant="upsampling") is None
     assert "skipped" in capsys.readouterr().out
     nb.show_figures(None)  # the cells after a skipped run show nothing and do not fail
     assert nb.study_comparison(None).rows == []
-    run = root / "v1-cnn-ae" / "smoke-s0"
+    run = root / "v1-cnn-ae" / "smoke-s0-upsampling"
     run.mkdir(parents=True)
     (run / "metrics.json").write_text("{}")
-    assert nb.run_trial_if(False, "v1-cnn-ae", "smoke", 0, out_dir=root) == run  # an existing run is still shown
+    assert nb.run_trial_if(False, "v1-cnn-ae", "smoke", 0, out_dir=root, variant="upsampling") == run  # still shown
 
 
 @pytest.fixture(scope="module")
@@ -156,5 +156,5 @@ def test_notebook_runs_top_to_bottom_on_smoke(stem, smoke_runs, cifar_dir, capsy
     assert "ok in" in capsys.readouterr().out
     if stem == "cifar_classification_v1":  # the UpSampling2D variant has its own folder; the plain run is untouched
         plain = json.loads((smoke_runs / "v1-cnn-ae" / "smoke-s0" / "config.json").read_text())
-        variant = json.loads((smoke_runs / "variants" / "upsampling" / "v1-cnn-ae" / "smoke-s0" / "config.json").read_text())
+        variant = json.loads((smoke_runs / "v1-cnn-ae" / "smoke-s0-upsampling" / "config.json").read_text())
         assert plain["trial"]["model_args"] == {} and variant["trial"]["model_args"] == {"upsampling": "upsampling"}

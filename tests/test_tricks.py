@@ -94,7 +94,7 @@ def test_ablation_loop_writes_a_table_from_run_folders(tmp_path, cifar_dir):
                    "--keep", str(kept), "--output", str(out)])
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert [r["row"] for r in rows] == ["baseline", "no-tta", "no-label-smoothing"]
-    config = json.loads((kept / "no-label-smoothing" / "v3-joint-resnet" / "smoke-s0" / "config.json").read_text())
+    config = json.loads((kept / "no-label-smoothing" / "v3-joint-resnet" / "smoke-s0-no-label-smoothing" / "config.json").read_text())
     assert config["trial"]["label_smoothing"] == 0.0
     table = out.with_suffix(".md").read_text()
     ablation.main(["--preset", "smoke", "--table-only", "--runs", str(kept), "--output", str(out)])

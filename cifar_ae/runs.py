@@ -1,0 +1,171 @@
+"""Run identity: what a run is (its key), where its folder is, and that one process at a time writes it.
+
+A run is keyed by everything that decides its result: the resolved trial (every field, changes applied, minus
+its name, description and the study's numbers), the preset's settings (epochs included), the seed, the
+precision actually used, the data (digest of the decoded CIFAR-10 arrays and of the training subset) and,
+for a classifier on frozen features, its upstream run's key digest. The code version is recorded beside the
+key, not in it: a commit that changes no trial keeps its runs.
+
+Folders stay readable: the trial exactly as registered in TRIALS lives in ``<trial>/<preset>-s<seed>``; any
+other key (a changed field, ``--epochs``, a Trial built in a notebook) in ``<trial>/<preset>-s<seed>-<digest>``
+or, with a name the user gives, ``<trial>/<preset>-s<seed>-<variant>``. A folder whose config.json holds
+another key is never reused or resumed.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from . import trials as _trials
+from .trials import Trial, TrialError, check_name
+
+# Trial fields that do not decide a result: names and prose, the study's numbers, and the per-preset table
+# (its resolved entry is in the key as `settings`)
+NOT_IN_KEY = ("name", "description", "study", "presets")
+SPEED_SETTINGS = ("workers",)  # how fast, not what: never part of a key
+DIGEST_CHARS = 10
+REPO_DIR = Path(__file__).resolve().parent.parent
+
+
+class RunConflict(ValueError):
+    """A run folder holds another run, or another process is writing it; the message says what to do."""
+
+
+def canonical(obj):
+    """JSON-normal form: tuples as lists, dict keys sorted, numbers as JSON has them."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=_default))
+
+
+def _default(o):
+    if isinstance(o, (set, frozenset)):
+        return sorted(o)
+    if hasattr(o, "item"):  # numpy scalars
+        return o.item()
+    raise TypeError(f"{type(o).__name__} is not part of a run key")
+
+
+def digest(obj, chars=DIGEST_CHARS) -> str:
+    text = json.dumps(canonical(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:chars]
+
+
+def run_key(trial: Trial, preset: str, settings: dict, seed: int, precision: str, data: dict,
+            upstream: dict | None = None) -> dict:
+    """Everything that decides a run's result (see the module docstring)."""
+    fields = {k: v for k, v in trial.to_dict().items() if k not in NOT_IN_KEY}
+    fields["precision"] = precision  # "auto" resolved on this machine
+    return canonical({"trial": fields, "preset": preset,
+                      "settings": {k: v for k, v in settings.items() if k not in SPEED_SETTINGS},
+                      "seed": int(seed), "data": data, "upstream": upstream})
+
+
+def is_registered(trial: Trial, settings: dict, preset: str) -> bool:
+    """The trial exactly as TRIALS defines it, at the preset's own settings: it gets the plain folder name."""
+    registered = _trials.TRIALS.get(trial.name)
+    return (registered is not None and canonical(registered.to_dict()) == canonical(trial.to_dict())
+            and canonical(settings) == canonical(registered.settings(preset)))
+
+
+def folder_name(preset, seed, key_digest, plain: bool, variant=None) -> str:
+    base = f"{preset}-s{seed}"
+    if variant is not None:
+        return f"{base}-{check_name(variant, 'variant')}"
+    return base if plain else f"{base}-{key_digest}"
+
+
+def inside(root, path) -> Path:
+    """`path` resolved, checked to lie inside `root` (names from JSON or the command line never escape it)."""
+    root_r, path_r = Path(root).resolve(), Path(path).resolve()
+    if path_r != root_r and root_r not in path_r.parents:
+        raise TrialError(f"run folder {path} would lie outside the runs root {root}; use a plain trial name.")
+    return path_r
+
+
+def run_folder(root, trial: Trial, preset, seed, key_digest, plain, variant=None) -> Path:
+    check_name(trial.name, "trial")
+    path = Path(root) / trial.name / folder_name(preset, seed, key_digest, plain, variant)
+    inside(root, path)
+    return path
+
+
+def read_config(run) -> dict | None:
+    """A run folder's config.json, or None if it has none; an unreadable one is a RunConflict naming it."""
+    path = Path(run) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+        return config
+    except (OSError, ValueError) as e:
+        raise RunConflict(f"{path} is unreadable ({e}); delete {run} to retrain that run.") from None
+
+
+def check_same_run(run, key_digest, config) -> None:
+    """Refuse a folder whose config.json holds another key (a stale run, or a variant name used twice)."""
+    if config is None:
+        return
+    theirs = config.get("key_digest")
+    if theirs != key_digest:
+        what = f"key {theirs}" if theirs else "no run key (made by an older version)"
+        raise RunConflict(f"{run} holds another run ({what}; this one is {key_digest}): its trial, settings, seed or "
+                          "data differ. Pass force=True / --force to retrain it there, or give this run its own "
+                          "variant name.")
+
+
+def code_version() -> dict:
+    """The git commit (and whether the checkout has uncommitted changes) when run from a checkout, else the
+    package version."""
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO_DIR), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", str(REPO_DIR), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+        return {"git_commit": commit, "git_dirty": bool(status.strip())}
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            return {"package_version": version("cifar-ae")}
+        except PackageNotFoundError:
+            return {"package_version": None}
+
+
+class RunLock:
+    """An exclusive flock on <run>/.lock for as long as one process writes the run folder.
+
+    The kernel drops a flock when its holder dies, so a lock left by a killed process is simply taken over;
+    the pid written in the file is only for the message the second process gets.
+    """
+
+    def __init__(self, run):
+        self.run, self.fd = Path(run), None
+
+    def __enter__(self):
+        self.run.mkdir(parents=True, exist_ok=True)
+        path = self.run / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise RunConflict(f"{self.run} is being trained by another process (pid {holder}); wait for it, "
+                                  "or stop it and rerun.") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # releases the flock; the file stays (removing it would race a waiting process)
+            self.fd = None
+        return False
