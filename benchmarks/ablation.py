@@ -30,7 +30,7 @@ ABLATIONS = {
                       {"loss_weights": {"reconstruction": 0.0, "label": 1.0}, "recon_weight": None}),
     "recon-weight-10": ("reconstruction weight 10 instead of 1, constant", {"recon_weight": (10.0, 10.0)}),
     "recon-schedule": ("reconstruction weight scheduled 10 -> 1 over the epochs", {"recon_weight": (10.0, 1.0)}),
-    "float32": ("float32 instead of mixed_bfloat16", {"precision": "float32"}),
+    "float32": ("float32 instead of precision='auto' (bf16 where the hardware has it)", {"precision": "float32"}),
     "bn-momentum-0.99": ("BatchNorm momentum 0.99 (Keras' default) instead of 0.9",
                          {"model_args": {"width": 32, "bn_momentum": 0.99}}),
     "growing-batch": ("batch size grows 128 -> 256 -> 512 over the epochs (off in the baseline)",

@@ -7,7 +7,7 @@
 | recon_weight=(a, b)    | reconstruction loss weight goes a -> b linearly over the epochs        | None     |
 | batch_sizes=(b1, b2..) | the batch size grows: training is split into equal stages, one size each | None   |
 | tta_flip=True          | test predictions average the image and its mirror                      | False    |
-| precision="mixed_bfloat16" | bf16 compute, float32 variables (1.7x faster on AVX-512-BF16 CPUs, GPUs) | "float32" |
+| precision="auto"       | bf16 compute, float32 variables, only where bf16 is native (cifar_ae.hardware) | "float32" |
 
 benchmarks/ablation.py switches each off in turn (results/ablation.md).
 """

@@ -1,0 +1,108 @@
+"""The study's table at the study's length: every study trial on the `study` preset, one run at a time.
+
+    CIFAR10_DIR=../shared/cifar10 python benchmarks/study.py --cap v2-joint-aug-adam=40 --commit   # run the plan
+    python benchmarks/study.py --table-only                                                        # tables only
+
+`study` trains up to 100 epochs with early stopping on the validation metric (patience 10, best epoch kept).
+On a CPU the joint models may not fit a session at that length: `--cap TRIAL=N` stops a trial's runs after N
+epochs, in a run folder named `study-s<seed>-max<N>`, and the table says so: a capped run is never reported as
+the study's length. Each run resumes where it stopped when the command is rerun (cifar_ae.resume). As each
+run finishes its small files (config, history, metrics, figures; not the model) are copied to
+results/runs/study/ and, with --commit, committed at once. The tables come only from those copies:
+results/study.md via `python -m cifar_ae report --study`.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# the issue's order: the headline trial twice, the other joint models, then v1 and v0 (their autoencoders first)
+PLAN = [("v2-joint-aug-adam", 0), ("v2-joint-aug-adam", 1), ("v2-joint-noaug", 0), ("v2-joint-aug-sgd", 0),
+        ("v1-feature-classifier", 0), ("v0-dense", 0), ("v0-conv1d", 0)]
+SMALL_FILES = ("config.json", "history.csv", "metrics.json")
+
+
+def keep(run: Path, runs_root: Path, dest_root: Path) -> Path:
+    """Copy a run's small files and figures to dest_root, keeping <trial>/<folder>."""
+    dest = dest_root / run.relative_to(runs_root)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SMALL_FILES:
+        if (run / name).is_file():
+            shutil.copy2(run / name, dest / name)
+    if (run / "figures").is_dir():
+        shutil.copytree(run / "figures", dest / "figures", dirs_exist_ok=True)
+    return dest
+
+
+def commit(paths, message):
+    """Commit only these paths (other staged or unstaged work is left alone); retried if git is busy."""
+    rel = [str(Path(p).resolve().relative_to(REPO)) for p in paths]
+    for attempt in range(5):
+        add = subprocess.run(["git", "-C", str(REPO), "add", "--", *rel], capture_output=True, text=True)
+        done = add.returncode == 0 and subprocess.run(
+            ["git", "-C", str(REPO), "commit", "-q", "-m", message, "--", *rel], capture_output=True, text=True
+        ).returncode == 0
+        if done:
+            return True
+        time.sleep(5 * (attempt + 1))
+    print(f"could not commit {rel}; commit them by hand", flush=True)
+    return False
+
+
+def parse_caps(items) -> dict:
+    caps = {}
+    for item in items:
+        name, _, n = item.partition("=")
+        if not n.isdigit() or int(n) < 1:
+            raise SystemExit(f"bad --cap {item!r}; write TRIAL=EPOCHS, e.g. --cap v2-joint-aug-adam=40")
+        caps[name] = int(n)
+    return caps
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", default="runs/study", help="run folders (models included)")
+    ap.add_argument("--keep", default="results/runs/study", help="where the small files are copied")
+    ap.add_argument("--only", nargs="+", default=None, metavar="TRIAL[:SEED]", help="run these entries of the plan")
+    ap.add_argument("--cap", action="append", default=[], metavar="TRIAL=EPOCHS",
+                    help="stop this trial's runs after EPOCHS (the folder and the table say so)")
+    ap.add_argument("--commit", action="store_true", help="git-commit each finished run's small files")
+    ap.add_argument("--preset", default="study", help="study (default); smoke for a test of the loop")
+    ap.add_argument("--results", default=str(REPO / "results"), help="where study.md / study.json go")
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args(argv)
+    caps = parse_caps(args.cap)
+    runs_root, keep_root = Path(args.runs), Path(args.keep)
+    if not args.table_only:
+        from cifar_ae.training import run_trial  # imports keras: not needed for --table-only
+        plan = PLAN
+        if args.only:
+            wanted = {(o.split(":")[0], int(o.split(":")[1]) if ":" in o else None) for o in args.only}
+            plan = [(t, s) for t, s in PLAN if (t, s) in wanted or (t, None) in wanted]
+        for trial, seed in plan:
+            cap = caps.get(trial)
+            t0 = time.time()
+            print(f"=== {trial} seed {seed} on `study`" + (f", capped at {cap} epochs" if cap else ""), flush=True)
+            run = run_trial(trial, args.preset, seed, runs_root, epochs=cap, variant=f"max{cap}" if cap else None,
+                            verbose=2)
+            kept = [keep(run, runs_root, keep_root)]
+            config = (run / "config.json").read_text()
+            import json
+            upstream = json.loads(config).get("upstream_run")
+            if upstream:
+                kept.append(keep(Path(upstream), runs_root, keep_root))
+            print(f"=== {trial} seed {seed}: done in {time.time() - t0:.0f} s this call -> {kept[0]}", flush=True)
+            if args.commit:
+                commit(kept, f"results: study preset, {trial} seed {seed}" + (f" (capped at {cap} epochs)" if cap else ""))
+    from cifar_ae.report import write_study_tables
+    for path in write_study_tables(keep_root, args.results, preset=args.preset):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
