@@ -20,11 +20,17 @@ def _quiet_tensorflow():
 def cmd_list(args):
     from .trials import PRESETS, all_trials
     trials = all_trials()
+    flops = {}
+    if not args.no_flops:
+        from .training import trial_flops
+        flops = {name: trial_flops(t) for name, t in trials.items()}
     width = max(map(len, trials))
+    print(f"{'trial':<{width}}  {'train GFLOP/img':>15}  epochs {'/'.join(PRESETS)}")
     for t in trials.values():
         epochs = "/".join(str(t.settings(p)["epochs"]) for p in PRESETS)
         study = ", ".join(f"{k} {v}" for k, v in t.study.items())
-        print(f"{t.name:<{width}}  epochs {'/'.join(PRESETS)}={epochs:<10} study: {study:<22} {t.description}")
+        gflops = f"{flops[t.name] / 1e9:15.3f}" if t.name in flops else f"{'':15}"
+        print(f"{t.name:<{width}}  {gflops}  {epochs:<14} study: {study:<22} {t.description}")
 
 
 def parse_assignments(items) -> dict:
@@ -101,7 +107,9 @@ def cmd_anomaly(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cifar_ae", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="the named trials").set_defaults(func=cmd_list)
+    p = sub.add_parser("list", help="the named trials, with training FLOPs per image (cifar_ae.compute)")
+    p.add_argument("--no-flops", action="store_true", help="skip building the models (no TensorFlow import)")
+    p.set_defaults(func=cmd_list)
     p = sub.add_parser("train", help="train one trial into runs/<trial>/<preset>-s<seed>")
     p.add_argument("name")
     p.add_argument("--preset", default="quick")

@@ -461,6 +461,9 @@ def _atomic_save_npz(path: Path, **arrays):
     os.replace(tmp, path)
 
 
+_LOADED: dict = {}  # cache file -> Cifar10 already read and checked by this process (its key names its sources)
+
+
 def _read_cache(cache: Path, root: Path) -> Cifar10 | None:
     """The cached arrays if they are what the sidecar says (shapes, dtypes, sha256), else None (rebuilt)."""
     sidecar = cache.with_suffix(".json")
@@ -491,9 +494,12 @@ def _load_from(root: Path, use_cache: bool) -> Cifar10:
         raise DataError(f"{root}: neither official batches (data_batch_1..5, test_batch) nor train/ and test/ "
                         "class folders; point CIFAR10_DIR at one of those.")
     cache = cache_dir() / f"cifar10-{_fingerprint(root, fmt)}.npz"
+    if use_cache and str(cache) in _LOADED:  # this process already loaded and checked it
+        return _LOADED[str(cache)]
     if use_cache and cache.is_file():
         cached = _read_cache(cache, root)
         if cached is not None:
+            _LOADED[str(cache)] = cached
             return cached  # a damaged or mislabelled cache is rebuilt below
     if fmt == "batches":
         train = _load_batches(root, [f"data_batch_{i}" for i in range(1, 6)])
@@ -513,6 +519,7 @@ def _load_from(root: Path, use_cache: bool) -> Cifar10:
         tmp = cache.with_suffix(f".tmp{os.getpid()}.json")
         tmp.write_text(json.dumps(meta, indent=1))
         os.replace(tmp, cache.with_suffix(".json"))
+        _LOADED[str(cache)] = data
     return data
 
 

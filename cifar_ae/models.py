@@ -53,9 +53,9 @@ class TiedConv2D(layers.Layer):
                 "activation": keras.activations.serialize(self.activation)}
 
 
-def conv_bn_relu(x, filters, name, batchnorm=True, conv=None, bn_momentum=0.99):
-    """Conv 3x3 'same' -> (BatchNorm) -> ReLU. `conv` lets a TiedConv2D stand in for the Conv2D."""
-    conv = conv or layers.Conv2D(filters, 3, padding="same", use_bias=not batchnorm, name=f"{name}_conv")
+def conv_bn_relu(x, filters, name, batchnorm=True, conv=None, bn_momentum=0.99, kernel_size=3):
+    """Conv 'same' (3x3 by default) -> (BatchNorm) -> ReLU. `conv` lets a TiedConv2D stand in for the Conv2D."""
+    conv = conv or layers.Conv2D(filters, kernel_size, padding="same", use_bias=not batchnorm, name=f"{name}_conv")
     x = conv(x)
     if batchnorm:
         x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
@@ -71,11 +71,11 @@ def classifier_head(x, dense_units=(), dropout=0.5, name="label"):
     return layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name=name)(x)
 
 
-def cnn_blocks(x, filters=(128, 128), convs_per_block=2, dropout=0.3, prefix="cls"):
+def cnn_blocks(x, filters=(128, 128), convs_per_block=2, dropout=0.3, prefix="cls", kernel_size=3, bn_momentum=0.99):
     """VGG-style blocks: `convs_per_block` conv-BN-ReLU, then max-pool and dropout, per entry of `filters`."""
     for b, f in enumerate(filters):
         for c in range(convs_per_block):
-            x = conv_bn_relu(x, f, name=f"{prefix}{b + 1}_{c + 1}")
+            x = conv_bn_relu(x, f, name=f"{prefix}{b + 1}_{c + 1}", bn_momentum=bn_momentum, kernel_size=kernel_size)
         x = layers.MaxPooling2D(name=f"{prefix}{b + 1}_pool")(x)
         x = layers.Dropout(dropout, name=f"{prefix}{b + 1}_dropout")(x)
     return x
@@ -119,7 +119,8 @@ def conv1d_classifier(encoder, filters=(32, 64), kernel_size=3, dense_units=128,
 
 # --------------------------------------------------------------------------- v1/v2: conv encoder and decoder
 
-def conv_encoder(inputs, filters=(32, 64), convs_per_block=1, batchnorm=False, tie=False):
+def conv_encoder(inputs, filters=(32, 64), convs_per_block=1, batchnorm=False, tie=False, kernel_size=3,
+                 bn_momentum=0.99):
     """Conv blocks each ending in 2x2 max-pooling: 32x32x3 -> (8, 8, filters[-1]) code named `features`.
 
     Returns (code, tied_convs): with `tie`, the convs are TiedConv2D layers for the decoder to reuse.
@@ -128,15 +129,16 @@ def conv_encoder(inputs, filters=(32, 64), convs_per_block=1, batchnorm=False, t
     for b, f in enumerate(filters):
         for c in range(convs_per_block):
             name = f"enc{b + 1}_{c + 1}"
-            conv = TiedConv2D(f, 3, name=f"{name}_conv") if tie else None
+            conv = TiedConv2D(f, kernel_size, name=f"{name}_conv") if tie else None
             tied.append(conv)
-            x = conv_bn_relu(x, f, name=name, batchnorm=batchnorm, conv=conv)
+            x = conv_bn_relu(x, f, name=name, batchnorm=batchnorm, conv=conv, bn_momentum=bn_momentum,
+                             kernel_size=kernel_size)
         pool_name = "features" if b == len(filters) - 1 else f"enc{b + 1}_pool"
         x = layers.MaxPooling2D(name=pool_name)(x)
     return x, tied
 
 
-def conv_decoder(code, filters=(32, 64), convs_per_block=1, upsampling="transpose", tied=None):
+def conv_decoder(code, filters=(32, 64), convs_per_block=1, upsampling="transpose", tied=None, kernel_size=3):
     """Mirror of `conv_encoder` back to a 32x32x3 sigmoid image named `reconstruction`.
 
     upsampling='transpose': Conv2DTranspose(stride 2) learns the upsampling (the study's choice);
@@ -156,11 +158,12 @@ def conv_decoder(code, filters=(32, 64), convs_per_block=1, upsampling="transpos
         if tied:
             x = tied[b * convs_per_block + c](x, transpose=True, strides=stride, activation=act)
         elif upsampling == "transpose":
-            x = layers.Conv2DTranspose(target, 3, strides=stride, padding="same", activation=act, name=f"{name}_convt")(x)
+            x = layers.Conv2DTranspose(target, kernel_size, strides=stride, padding="same", activation=act,
+                                       name=f"{name}_convt")(x)
         else:
             if stride == 2:
                 x = layers.UpSampling2D(name=f"{name}_up")(x)
-            x = layers.Conv2D(target, 3, padding="same", activation=act, name=f"{name}_conv")(x)
+            x = layers.Conv2D(target, kernel_size, padding="same", activation=act, name=f"{name}_conv")(x)
     # a final 'same' conv would break the tie's symmetry, so the last mirrored layer emits the image itself
     return layers.Activation("linear", dtype="float32", name="reconstruction")(x)
 
@@ -178,25 +181,28 @@ def encoder_of(model, layer="features"):
     return keras.Model(model.input, model.get_layer(layer).output, name="encoder")
 
 
-def feature_classifier(encoder, filters=(128, 128), convs_per_block=2, dense_units=(), dropout=0.3):
+def feature_classifier(encoder, filters=(128, 128), convs_per_block=2, dense_units=(), dropout=0.3, bn_momentum=0.99):
     """v1: a CNN on the frozen encoder's (8, 8, 64) features; only the head trains."""
     encoder.trainable = False
-    x = cnn_blocks(encoder.output, filters, convs_per_block, dropout, prefix="cls")
+    x = cnn_blocks(encoder.output, filters, convs_per_block, dropout, prefix="cls", bn_momentum=bn_momentum)
     outputs = classifier_head(x, dense_units, dropout=0.5)
     return keras.Model(encoder.input, outputs, name="feature_classifier")
 
 
 def joint_model(filters=(32, 64), convs_per_block=2, head_filters=(128, 128), dense_units=(),
-                dropout=0.3, upsampling="transpose", tie_weights=False):
+                dropout=0.3, upsampling="transpose", tie_weights=False, kernel_size=3, bn_momentum=0.99):
     """v2: one encoder feeding a decoder (`reconstruction`) and a classifier (`label`), trained together.
 
     Head variants as in the study: dense_units=() is the one-Dense head (used with Adam),
-    dense_units=(512, 256) the two-Dense head (used with SGD).
+    dense_units=(512, 256) the two-Dense head (used with SGD). kernel_size is the encoder's and decoder's;
+    bn_momentum every BatchNorm's (the search uses 0.9: its trials are too short for Keras' 0.99).
     """
     inputs = keras.Input(IMAGE_SHAPE, name="image")
-    code, tied = conv_encoder(inputs, filters, convs_per_block, batchnorm=True, tie=tie_weights)
-    reconstruction = conv_decoder(code, filters, convs_per_block, upsampling, tied if tie_weights else None)
-    x = cnn_blocks(code, head_filters, 2, dropout, prefix="cls")
+    code, tied = conv_encoder(inputs, tuple(filters), int(convs_per_block), batchnorm=True, tie=tie_weights,
+                              kernel_size=int(kernel_size), bn_momentum=bn_momentum)
+    reconstruction = conv_decoder(code, tuple(filters), int(convs_per_block), upsampling, tied if tie_weights else None,
+                                  kernel_size=int(kernel_size))
+    x = cnn_blocks(code, tuple(head_filters), 2, dropout, prefix="cls", bn_momentum=bn_momentum)
     label = classifier_head(x, dense_units, dropout=0.5)
     return keras.Model(inputs, {"reconstruction": reconstruction, "label": label}, name="joint_model")
 

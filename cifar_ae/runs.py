@@ -27,6 +27,12 @@ from .trials import Trial, TrialError, check_name
 # Trial fields that do not decide a result: names and prose, the study's numbers, and the per-preset table
 # (its resolved entry is in the key as `settings`)
 NOT_IN_KEY = ("name", "description", "study", "presets")
+# The fields every key has held since keys began. A field added to Trial later enters a key only where a trial
+# sets it away from its default, so adding a trick (off by default) keeps every existing run's key.
+BASE_FIELDS = ("task", "model", "model_args", "upstream", "feature_layer", "optimizer", "learning_rate", "batch_size",
+               "train_set", "validation", "scaling", "augmentation", "class_weight", "loss_weights", "weight_decay",
+               "lr_schedule", "warmup", "label_smoothing", "recon_weight", "batch_sizes", "tta_flip", "precision",
+               "strategy")
 SPEED_SETTINGS = ("workers",)  # how fast, not what: never part of a key
 DIGEST_CHARS = 10
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -54,20 +60,41 @@ def digest(obj, chars=DIGEST_CHARS) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:chars]
 
 
+def _field_defaults() -> dict:
+    import dataclasses
+    return {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            for f in dataclasses.fields(Trial)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+
+def key_fields(trial: Trial, builder_defaults: dict | None = None) -> dict:
+    """The trial's part of a key: BASE_FIELDS always, later fields where set; model_args without the entries that
+    equal the builder's defaults (``{}`` and the defaults written out are the same model)."""
+    defaults = _field_defaults()
+    fields = {k: v for k, v in trial.to_dict().items() if k not in NOT_IN_KEY
+              and (k in BASE_FIELDS or k not in defaults or canonical(v) != canonical(defaults[k]))}
+    if builder_defaults:
+        fields["model_args"] = {k: v for k, v in trial.model_args.items()
+                                if k not in builder_defaults or canonical(v) != canonical(builder_defaults[k])}
+    return fields
+
+
 def run_key(trial: Trial, preset: str, settings: dict, seed: int, precision: str, data: dict,
-            upstream: dict | None = None) -> dict:
+            upstream: dict | None = None, builder_defaults: dict | None = None) -> dict:
     """Everything that decides a run's result (see the module docstring)."""
-    fields = {k: v for k, v in trial.to_dict().items() if k not in NOT_IN_KEY}
+    fields = key_fields(trial, builder_defaults)
     fields["precision"] = precision  # "auto" resolved on this machine
     return canonical({"trial": fields, "preset": preset,
                       "settings": {k: v for k, v in settings.items() if k not in SPEED_SETTINGS},
                       "seed": int(seed), "data": data, "upstream": upstream})
 
 
-def is_registered(trial: Trial, settings: dict, preset: str) -> bool:
-    """The trial exactly as TRIALS defines it, at the preset's own settings: it gets the plain folder name."""
+def is_registered(trial: Trial, settings: dict, preset: str, builder_defaults: dict | None = None) -> bool:
+    """The trial as TRIALS defines it (up to model_args written out at their defaults), at the preset's own
+    settings: it gets the plain folder name."""
     registered = _trials.TRIALS.get(trial.name)
-    return (registered is not None and canonical(registered.to_dict()) == canonical(trial.to_dict())
+    return (registered is not None and registered.model == trial.model
+            and canonical(key_fields(registered, builder_defaults)) == canonical(key_fields(trial, builder_defaults))
             and canonical(settings) == canonical(registered.settings(preset)))
 
 

@@ -17,13 +17,15 @@ import os
 import platform
 import shutil
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import keras
 
-from . import data as D, evaluate as E, hardware as H, models as M, plots as P, resume as S, runs as R, tricks as T
+from . import compute as C, data as D, evaluate as E, hardware as H, memory, models as M, plots as P, resume as S, \
+    runs as R, tricks as T
 from .batches import ArrayBatches
 from .runinfo import command_line
 from .trials import Trial, TrialError, check_epochs, check_seed, get_trial
@@ -97,6 +99,12 @@ def resolve_trial(trial, **changes) -> Trial:
     return get_trial(trial, **changes)
 
 
+def builder_defaults(model: str) -> dict:
+    """A builder's keyword arguments and their defaults (model_args equal to these name the same model)."""
+    return {n: p.default for n, p in inspect.signature(M.BUILDERS[model]).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
 def check_buildable(trial: Trial) -> None:
     """The builder exists and takes the trial's model_args; a classifier's upstream is an autoencoder trial."""
     if trial.model not in M.BUILDERS:
@@ -128,6 +136,20 @@ def build_model(trial, preset, seed, out_dir=None, verbose="auto", upstream_dir=
     encoder = M.encoder_of(ae, trial.feature_layer)
     encoder.trainable = False  # frozen features, as in the study
     return builder(encoder, **trial.model_args), str(upstream_dir)
+
+
+def trial_flops(trial) -> int:
+    """Training FLOPs per image of a trial's model (cifar_ae.compute), built fresh: a classifier on frozen
+    features gets an untrained copy of its upstream encoder, which costs the same."""
+    builder = M.BUILDERS[trial.model]
+    if trial.upstream is None:
+        model = builder(**trial.model_args)
+    else:
+        up = get_trial(trial.upstream)
+        encoder = M.encoder_of(M.BUILDERS[up.model](**up.model_args), trial.feature_layer)
+        encoder.trainable = False
+        model = builder(encoder, **trial.model_args)
+    return C.train_flops_per_image(model)
 
 
 def make_optimizer(trial):
@@ -208,6 +230,48 @@ def _batches(trial, data, settings, seed, train: bool, batch_size=None):
                         workers=workers, use_multiprocessing=False)
 
 
+@dataclass
+class RunPlan:
+    """What a run is and where it lives, decided before anything is trained or written."""
+    trial: Trial
+    preset: str
+    seed: int
+    settings: dict
+    precision: str
+    data: dict
+    key: dict
+    key_digest: str
+    folder: Path
+    plain: bool
+    upstream: "RunPlan | None" = None
+
+
+def plan_run(trial, preset="quick", seed=0, out_dir=None, epochs=None, variant=None, source=None,
+             **changes) -> RunPlan:
+    """Resolve and check a run (trial, changes, preset, seed, epochs, variant, data) and compute its key and folder,
+    without training: a classifier's upstream autoencoder run is planned the same way, for its key."""
+    trial = resolve_trial(trial, **changes)
+    seed = check_seed(seed)
+    settings = trial.settings(preset)
+    if epochs is not None:
+        settings["epochs"] = check_epochs(epochs)
+    check_epochs(settings["epochs"])
+    R.folder_name(preset, seed, "", True, variant)  # a bad variant name fails here
+    check_buildable(trial)
+    precision = H.resolve_precision(trial.precision)
+    data = prepare_data(trial, settings, seed, source)
+    upstream = None
+    if trial.upstream is not None:
+        upstream = plan_run(trial.upstream, preset, seed, out_dir, source=source)
+    up_key = None if upstream is None else {"trial": trial.upstream, "key_digest": upstream.key_digest}
+    defaults = builder_defaults(trial.model)
+    key = R.run_key(trial, preset, settings, seed, precision, data_identity(data), up_key, defaults)
+    key_digest = R.digest(key)
+    plain = R.is_registered(trial, settings, preset, defaults)
+    folder = R.run_folder(runs_root(out_dir), trial, preset, seed, key_digest, plain, variant)
+    return RunPlan(trial, preset, seed, settings, precision, data, key, key_digest, folder, plain, upstream)
+
+
 def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=False, callbacks=(),
               verbose="auto", source=None, variant=None, **changes) -> Path:
     """Train, evaluate and record one run; returns its folder.
@@ -217,33 +281,19 @@ def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=Fa
     the preset's settings keeps <trial>/<preset>-s<seed>, anything else gets a digest suffix or `variant`.
     A complete run with the same key is reused; an unfinished one resumes; `force` retrains that one run.
     """
-    trial = resolve_trial(trial, **changes)
-    seed = check_seed(seed)
-    settings = trial.settings(preset)
-    if epochs is not None:
-        settings["epochs"] = check_epochs(epochs)
-    check_epochs(settings["epochs"])
-    root = runs_root(out_dir)
-    R.folder_name(preset, seed, "", True, variant)  # a bad variant name fails here
-    check_buildable(trial)
-    precision = H.resolve_precision(trial.precision)
-    data = prepare_data(trial, settings, seed, source)
-
-    upstream_dir, upstream = None, None
-    if trial.upstream is not None:
-        upstream_dir = run_trial(trial.upstream, preset, seed, out_dir, verbose=verbose, source=source)
-        up_config = R.read_config(upstream_dir) or {}
-        upstream = {"trial": trial.upstream, "key_digest": up_config.get("key_digest")}
-    key = R.run_key(trial, preset, settings, seed, precision, data_identity(data), upstream)
-    key_digest = R.digest(key)
-    plain = R.is_registered(trial, settings, preset)
-    run = R.run_folder(root, trial, preset, seed, key_digest, plain, variant)
+    plan = plan_run(trial, preset, seed, out_dir, epochs, variant, source, **changes)
+    trial, seed, settings, precision, data = plan.trial, plan.seed, plan.settings, plan.precision, plan.data
+    key, key_digest, run = plan.key, plan.key_digest, plan.folder
     if not force:
         R.check_same_run(run, key_digest, R.read_config(run))
         if is_complete(run):
             print(f"[{trial.name}] complete run found at {run} (force=True / --force retrains it)")
             return run
+    upstream_dir = None
+    if trial.upstream is not None:
+        upstream_dir = run_trial(trial.upstream, preset, seed, out_dir, verbose=verbose, source=source)
 
+    speed = {"malloc": memory.tune_malloc(), "tf_threads": memory.configure_threads()}
     keras.utils.set_random_seed(seed)  # here, after any upstream training, so the same seed builds the same net
     determinism = enable_determinism()
     previous_policy = keras.mixed_precision.global_policy().name
@@ -264,7 +314,7 @@ def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=Fa
                     return run
             else:
                 config = _write_config(run, trial, preset, seed, settings, data, key, key_digest, precision,
-                                       determinism, upstream_dir)
+                                       determinism, upstream_dir, {**speed, "train_flops_per_image": C.train_flops_per_image(model)})
             return _train_and_record(trial, preset, seed, settings, run, data, model, callbacks, verbose)
     except BaseException:
         if created and run.exists() and S.read_state(run) is None and not (run / "model.keras").exists():
@@ -282,7 +332,8 @@ def _clear_run(run):
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
-def _write_config(run, trial, preset, seed, settings, data, key, key_digest, precision, determinism, upstream_dir):
+def _write_config(run, trial, preset, seed, settings, data, key, key_digest, precision, determinism, upstream_dir,
+                  compute):
     config = {"trial": trial.to_dict(), "preset": preset, "settings": settings, "seed": seed,
               "key": key, "key_digest": key_digest, "code_version": R.code_version(),
               "precision": precision, "op_determinism": determinism, "machine": H.describe(),
@@ -290,7 +341,7 @@ def _write_config(run, trial, preset, seed, settings, data, key, key_digest, pre
               "cwd": os.getcwd(), "data_source": data["source"], "versions": versions(),
               "train_images": len(data["y_train"]), "val_images": len(data["y_val"]), "test_images": len(data["y_test"]),
               "train_class_counts": np.bincount(data["y_train"], minlength=10).tolist(),
-              "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+              "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), **compute}
     E.write_json_atomic(run / "config.json", config)
     return config
 
@@ -337,7 +388,9 @@ def _train_and_record(trial, preset, seed, settings, run, data, model, callbacks
     metrics = evaluate_model(model, trial, data, run, settings, seed)
     epochs_run = len(next(iter(history.values()), []))
     train_seconds = float(sum(history.get("train_seconds", [])))
+    flops = (R.read_config(run) or {}).get("train_flops_per_image")
     metrics.update({"trial": trial.name, "preset": preset, "seed": seed, "epochs": epochs_run,
+                    "train_pflops": None if flops is None else round(flops * len(data["y_train"]) * epochs_run / 1e15, 5),
                     "best_epoch": state.get("best_epoch"), "stopped_early": bool(state.get("stopped")),
                     "train_seconds": round(train_seconds, 1),
                     "train_images_per_second": round(len(data["y_train"]) * epochs_run / train_seconds, 1)

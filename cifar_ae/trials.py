@@ -311,9 +311,6 @@ def get_trial(name: str, **changes) -> Trial:
     if name not in TRIALS:
         raise TrialError(f"unknown trial '{name}'; valid trials: {', '.join(TRIALS)}.")
     trial = TRIALS[name]
-    if trial.model.startswith("tuned_"):  # builders of tuned trials live in cifar_ae.tuning (imports keras)
-        from .tuning import register_builders
-        register_builders()
     if not changes:
         return trial
     check_changes(name, changes)
@@ -336,6 +333,8 @@ def load_tuned_trials(path=None) -> list:
     path, names = Path(path or TUNED_TRIALS_FILE), {f.name for f in dataclasses.fields(Trial)}
     try:
         records = json.loads(path.read_text()).get("trials", []) if path.is_file() else []
+        # a record saved before the search built through models.joint_model names its old copy of it
+        records = [{**r, "model": "joint_model"} if r.get("model") == "tuned_joint_model" else r for r in records]
         trials = [Trial(**{k: v for k, v in r.items() if k in names}) for r in records]
     except (OSError, ValueError, TypeError, AttributeError) as e:
         warnings.warn(f"{path}: tuned trials not loaded ({type(e).__name__}: {e})")

@@ -104,63 +104,6 @@ class BalancedAccuracy(keras.metrics.Metric):
         return {**super().get_config(), "num_classes": self.num_classes}
 
 
-def _encoder(inputs, filters, convs_per_block, kernel_size):
-    """models.conv_encoder (BatchNorm variant) with a kernel-size argument: blocks of conv-BN-ReLU + pool."""
-    x = inputs
-    for b, f in enumerate(filters):
-        for c in range(convs_per_block):
-            name = f"enc{b + 1}_{c + 1}"
-            conv = layers.Conv2D(f, kernel_size, padding="same", use_bias=False, name=f"{name}_conv")
-            x = M.conv_bn_relu(x, f, name=name, batchnorm=True, conv=conv)
-        x = layers.MaxPooling2D(name="features" if b == len(filters) - 1 else f"enc{b + 1}_pool")(x)
-    return x
-
-
-def _decoder(code, filters, convs_per_block, kernel_size):
-    """models.conv_decoder ('transpose' upsampling) with a kernel-size argument."""
-    x = code
-    plan = [(b, c) for b in range(len(filters)) for c in range(convs_per_block)][::-1]
-    for i, (b, c) in enumerate(plan):
-        last = i == len(plan) - 1
-        target = 3 if last else (filters[b] if c > 0 else filters[b - 1])
-        stride = 2 if c == convs_per_block - 1 else 1
-        x = layers.Conv2DTranspose(target, kernel_size, strides=stride, padding="same",
-                                   activation="sigmoid" if last else "relu", name=f"dec{b + 1}_{c + 1}_convt")(x)
-    return layers.Activation("linear", dtype="float32", name="reconstruction")(x)
-
-
-def tuned_joint_model(filters=(32, 64), convs_per_block=2, kernel_size=3, head_filters=(128, 128),
-                      dense_units=(), dropout=0.3, bn_momentum=0.99):
-    """models.joint_model with a kernel size for encoder and decoder and a BatchNorm momentum (identical to
-    it at kernel_size=3, bn_momentum=0.99).
-
-    Registered as builder "tuned_joint_model", so a saved tuned trial reruns through `run_trial`.
-    """
-    inputs = keras.Input(M.IMAGE_SHAPE, name="image")
-    code = _encoder(inputs, tuple(filters), int(convs_per_block), int(kernel_size))
-    reconstruction = _decoder(code, tuple(filters), int(convs_per_block), int(kernel_size))
-    x = M.cnn_blocks(code, tuple(head_filters), 2, dropout, prefix="cls")
-    label = M.classifier_head(x, tuple(dense_units), dropout=0.5)
-    model = keras.Model(inputs, {"reconstruction": reconstruction, "label": label}, name="tuned_joint_model")
-    return set_bn_momentum(model, bn_momentum)
-
-
-def set_bn_momentum(model, momentum):
-    """Set every BatchNormalization layer's moving-average momentum (read when fit() traces its step)."""
-    for layer in model.layers:
-        if isinstance(layer, layers.BatchNormalization):
-            layer.momentum = float(momentum)
-    return model
-
-
-def register_builders():
-    """Make the tuned builders known to `training.build_model` (trials.get_trial calls this for tuned trials)."""
-    M.BUILDERS.setdefault("tuned_joint_model", tuned_joint_model)
-
-
-register_builders()
-
-
 # --------------------------------------------------------------------------- search spaces
 
 def _training_space(hp, v):
@@ -207,7 +150,8 @@ def joint_model_args(v) -> dict:
 
 def classifier_model_args(v) -> dict:
     return {"filters": [int(v["head_filters"])] * int(v["head_blocks"]), "convs_per_block": int(v["convs_per_block"]),
-            "dense_units": [int(v["dense_units"])] if int(v["dense_units"]) else [], "dropout": round(float(v["dropout"]), 3)}
+            "dense_units": [int(v["dense_units"])] if int(v["dense_units"]) else [], "dropout": round(float(v["dropout"]), 3),
+            "bn_momentum": TRIAL_BN_MOMENTUM}
 
 
 def make_optimizer(name, learning_rate):
@@ -280,7 +224,7 @@ class JointHyperModel(_CifarHyperModel):
     model_args = staticmethod(joint_model_args)
 
     def _model(self, v):
-        return tuned_joint_model(**joint_model_args(v))
+        return M.joint_model(**joint_model_args(v))
 
     def _compile(self, model, v):
         model.compile(make_optimizer(v["optimizer"], v["learning_rate"]),
@@ -301,8 +245,7 @@ class FeatureClassifierHyperModel(_CifarHyperModel):
         from .training import run_dir_for
         upstream = run_dir_for(UPSTREAM, self.preset, self.seed, self.runs_dir) / "model.keras"
         ae = keras.saving.load_model(upstream, safe_mode=True)
-        # models.feature_classifier has no momentum argument: set it here (a rerun by name uses Keras' 0.99)
-        return set_bn_momentum(M.feature_classifier(M.encoder_of(ae), **classifier_model_args(v)), TRIAL_BN_MOMENTUM)
+        return M.feature_classifier(M.encoder_of(ae), **classifier_model_args(v))
 
     def _compile(self, model, v):
         model.compile(make_optimizer(v["optimizer"], v["learning_rate"]), loss="sparse_categorical_crossentropy",
@@ -636,7 +579,7 @@ def tuned_trial_record(hypermodel, values, name, description) -> dict:
                   batch_size=int(values["batch_size"]),
                   class_weight=None if values["class_weight"] == "none" else values["class_weight"])
     if hypermodel.task == "joint":
-        t = Trial(name, description, task="joint", model="tuned_joint_model", model_args=joint_model_args(values),
+        t = Trial(name, description, task="joint", model="joint_model", model_args=joint_model_args(values),
                   loss_weights={"reconstruction": float(values["reconstruction_weight"]), "label": 1.0},
                   presets={"quick": {"epochs": 3}, "full": {"epochs": 100}}, **common)
     else:

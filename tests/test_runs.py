@@ -165,6 +165,7 @@ def test_the_cache_is_checked_against_its_digest(tmp_path, cifar_dir, monkeypatc
     arrays["y_train"] = arrays["y_train"].copy()
     arrays["y_train"][0] = 9
     np.savez(npz, **arrays)
+    D._LOADED.clear()  # a new process: nothing checked yet
     again = D.load_cifar10(cifar_dir)  # rebuilt from the source, not trusted
     assert again.digest == first.digest and again.y_train[0] == first.y_train[0]
 

@@ -18,14 +18,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 # --------------------------------------------------------------------------- no training
 
-def test_tuned_joint_model_is_joint_model_plus_kernel_size():
+def test_the_search_builds_through_the_study_builder_with_kernel_size():
     import keras
-    from cifar_ae import models as M, tuning as T
+    from cifar_ae import models as M
     ref = M.joint_model(filters=(32, 64), convs_per_block=2, head_filters=(128, 128))
-    same = T.tuned_joint_model(filters=(32, 64), convs_per_block=2, kernel_size=3, head_filters=(128, 128))
+    same = M.joint_model(filters=[32, 64], convs_per_block=2, kernel_size=3, head_filters=[128, 128])
     assert same.count_params() == ref.count_params()
     assert [lay.name for lay in same.layers] == [lay.name for lay in ref.layers]
-    big = T.tuned_joint_model(filters=(16, 32, 64), convs_per_block=1, kernel_size=5, head_filters=(64,))
+    big = M.joint_model(filters=(16, 32, 64), convs_per_block=1, kernel_size=5, head_filters=(64,))
     out = big(np.zeros((2, 32, 32, 3), np.float32))
     assert out["reconstruction"].shape == (2, 32, 32, 3) and out["label"].shape == (2, 10)
     assert big.get_layer("features").output.shape[1:] == (4, 4, 64)
@@ -45,7 +45,8 @@ def test_space_maps_to_builder_arguments():
     v = T.joint_space(hp)
     args = T.joint_model_args(v)
     assert args["filters"] == [32, 64, 128] and args["head_filters"] == [128] and args["bn_momentum"] == 0.9
-    bns = [lay for lay in T.tuned_joint_model(**args).layers if "_bn" in lay.name]
+    from cifar_ae import models as M
+    bns = [lay for lay in M.joint_model(**args).layers if "_bn" in lay.name]
     assert bns and all(lay.momentum == 0.9 for lay in bns)  # short trials: BN statistics must keep up
     assert v["learning_rate"] == 0.05  # the active optimizer's own range
 
@@ -99,8 +100,7 @@ def test_tuned_trials_join_trials_but_never_replace_study_ones(tmp_path, monkeyp
     assert trials.load_tuned_trials(path) == ["tuned-x"]
     assert trials.TRIALS["v2-joint-noaug"].description != "impostor"
     t = trials.get_trial("tuned-x")
-    from cifar_ae import models as M
-    assert t.learning_rate == 0.002 and "tuned_joint_model" in M.BUILDERS
+    assert t.learning_rate == 0.002 and t.model == "joint_model"  # an old record's builder name is mapped
     path.write_text("{not json")
     with pytest.warns(UserWarning, match="tuned trials not loaded"):
         assert trials.load_tuned_trials(path) == []

@@ -1,0 +1,70 @@
+"""Speed that holds on any CPU: precision chosen by the hardware, compute counted in FLOPs, malloc kept."""
+import json
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from cifar_ae import cli, compute as C, hardware as H, memory, models as M
+
+
+@pytest.mark.parametrize("flags, gpus, expected", [
+    ({"avx2", "fma"}, [], "float32"),                             # Zen 3: AVX2 only
+    ({"avx2", "avx512f", "avx512_vnni"}, [], "float32"),          # AVX-512 without BF16
+    ({"avx2", "avx512f", "avx512_bf16"}, [], "mixed_bfloat16"),   # Zen 4 / Cooper Lake
+    ({"avx2", "amx_bf16", "amx_tile"}, [], "mixed_bfloat16"),     # Sapphire Rapids
+    ({"avx2"}, [{"name": "A100", "compute_capability": [8, 0]}], "mixed_bfloat16"),
+    ({"avx512_bf16"}, [{"name": "T4", "compute_capability": [7, 5]}], "float32"),  # the GPU decides
+])
+def test_precision_auto_follows_the_hardware(flags, gpus, expected):
+    assert H.resolve_precision("auto", flags=flags, gpu_list=gpus) == expected
+    assert H.resolve_precision("float32", flags=flags, gpu_list=gpus) == "float32"  # explicit stays explicit
+
+
+def test_auto_precision_is_recorded_with_the_cpu(tmp_path, cifar_dir, monkeypatch):
+    from cifar_ae.training import run_trial
+    monkeypatch.setattr(H, "cpu_flags", lambda: frozenset({"avx2", "fma"}))  # a CPU without bf16
+    run = run_trial("v3-joint-resnet", "smoke", 0, out_dir=tmp_path, verbose=0)
+    config = json.loads((run / "config.json").read_text())
+    assert config["trial"]["precision"] == "auto" and config["precision"] == "float32"
+    assert config["key"]["trial"]["precision"] == "float32"  # the key holds what ran
+    assert config["machine"]["cpu_model"] and "usable_cores" in config["machine"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    flops = config["train_flops_per_image"]
+    assert flops == C.train_flops_per_image(M.resnet_joint(width=32))
+    assert metrics["train_pflops"] == pytest.approx(flops * config["train_images"] * metrics["epochs"] / 1e15, abs=1e-5)
+
+
+def test_flops_of_a_tiny_model_by_hand():
+    x = keras.Input((8, 8, 3))
+    y = layers.Conv2D(4, 3, padding="same")(x)                      # 8*8*4 outputs x 3*3*3 = 6,912 MACs
+    y = layers.Conv2DTranspose(2, 2, strides=2)(y)                  # 8*8*4 inputs x 2*2*2 = 2,048 MACs
+    y = layers.Flatten()(y)
+    out = layers.Dense(10)(y)                                       # 16*16*2 x 10 = 5,120 MACs
+    model = keras.Model(x, out)
+    assert C.model_macs(model) == {"trainable": 6912 + 2048 + 5120, "frozen": 0}
+    assert C.train_flops_per_image(model) == 6 * (6912 + 2048 + 5120)
+    model.layers[1].trainable = False                               # a frozen conv: forward only
+    assert C.train_flops_per_image(model) == 2 * 6912 + 6 * (2048 + 5120)
+
+
+def test_shared_tied_layers_count_every_call():
+    tied, untied = M.conv_autoencoder(tie_weights=True), M.conv_autoencoder()
+    assert C.model_macs(tied) == C.model_macs(untied)  # the same convolutions, one kernel used twice
+    assert C.train_flops_per_image(M.resnet_joint(width=32, decoder="residual", patch_channels=48)) == 957_004_800
+
+
+def test_list_prints_training_flops(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "train GFLOP/img" in out
+    line = next(line for line in out.splitlines() if line.startswith("v3-joint-resnet-patch "))
+    assert "0.957" in line
+
+
+def test_malloc_is_tuned_through_mallopt():
+    applied = memory.tune_malloc()
+    assert applied == {"M_MMAP_MAX": 0, "M_TRIM_THRESHOLD": 1 << 30, "M_TOP_PAD": 256 << 20}
+    a = np.ones(64 << 20, np.uint8)  # a 64 MiB block still allocates and frees
+    assert a.sum() == 64 << 20
