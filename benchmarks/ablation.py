@@ -1,6 +1,8 @@
 """Ablation: the v3 joint model with each trick switched off (or, for the extras, on) one at a time.
 
-    CIFAR10_DIR=../shared/cifar10 python benchmarks/ablation.py --preset quick --epochs 2
+    CIFAR10_DIR=../shared/cifar10 python benchmarks/ablation.py --preset quick --epochs 2 \
+        --output results/ablation --keep results/runs/ablation      # the committed table; without these two
+                                                                     # flags everything stays under runs/ablation/
 
 Every row is one ``run_trial(trial, preset, seed, epochs=..., **overrides)`` into ``runs/ablation/<row>/``, so
 a row is a set of Trial fields and the loop is the whole experiment. Complete rows are kept, so an
@@ -104,10 +106,12 @@ def main(argv=None):
                     help=f"rows to run, from: {', '.join(ABLATIONS)}")
     ap.add_argument("--runs", default="runs/ablation", help="where the run folders go (and are read from)")
     ap.add_argument("--table-only", action="store_true", help="only rebuild the table from --runs")
-    ap.add_argument("--keep", default="results/runs/ablation", help="copy small run files here ('' to skip)")
-    ap.add_argument("--output", default="results/ablation")
+    ap.add_argument("--keep", default="", help="copy small run files here, e.g. results/runs/ablation (default: no copy)")
+    ap.add_argument("--output", default=None,
+                    help="table path without suffix (default: <runs>/ablation; results/ablation only when named here)")
     args = ap.parse_args(argv)
     get_trial(args.trial)  # unknown trial -> one-line error before any work
+    args.output = args.output or str(Path(args.runs) / "ablation")
     if not args.table_only:
         run_rows(args.rows, args.trial, args.preset, args.seed, args.epochs, args.runs)
     runs = find_runs(args.runs, args.trial, args.preset, args.seed)

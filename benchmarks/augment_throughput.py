@@ -92,7 +92,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--data", default=None, help="CIFAR-10 folder (default: $CIFAR10_DIR, then the keras cache)")
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "augment_throughput.json")
+    parser.add_argument("--out", type=Path, default=Path("runs") / "benchmarks" / "augment_throughput.json",
+                        help="JSON result (default under runs/; pass results/augment_throughput.json to update it)")
     args = parser.parse_args(argv)
     command = " ".join([Path(sys.executable).name, *sys.argv])
     print("command:", command)

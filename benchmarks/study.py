@@ -1,7 +1,8 @@
 """The study's table at the study's length: every study trial on the `study` preset, one run at a time.
 
-    CIFAR10_DIR=../shared/cifar10 python benchmarks/study.py --cap v2-joint-aug-adam=40 --commit   # run the plan
-    python benchmarks/study.py --table-only                                                        # tables only
+    CIFAR10_DIR=../shared/cifar10 python benchmarks/study.py --cap v2-joint-aug-adam=40 \
+        --keep results/runs/study --results results --commit                      # the plan, committed as it goes
+    python benchmarks/study.py --table-only --keep results/runs/study --results results   # tables only
 
 `study` trains up to 100 epochs with early stopping on the validation metric (patience 10, best epoch kept).
 On a CPU the joint models may not fit a session at that length: `--cap TRIAL=N` stops a trial's runs after N
@@ -14,6 +15,7 @@ results/study.md via `python -m cifar_ae report --study`.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -67,17 +69,21 @@ def parse_caps(items) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="runs/study", help="run folders (models included)")
-    ap.add_argument("--keep", default="results/runs/study", help="where the small files are copied")
+    ap.add_argument("--keep", default=None, help="copy each run's small files here, e.g. results/runs/study (the "
+                    "tables are then built from the copies; default: no copy, tables from --runs)")
     ap.add_argument("--only", nargs="+", default=None, metavar="TRIAL[:SEED]", help="run these entries of the plan")
     ap.add_argument("--cap", action="append", default=[], metavar="TRIAL=EPOCHS",
                     help="stop this trial's runs after EPOCHS (the folder and the table say so)")
     ap.add_argument("--commit", action="store_true", help="git-commit each finished run's small files")
     ap.add_argument("--preset", default="study", help="study (default); smoke for a test of the loop")
-    ap.add_argument("--results", default=str(REPO / "results"), help="where study.md / study.json go")
+    ap.add_argument("--results", default=None, help="where study.md / study.json go (default: --runs; results/ "
+                    "only when named here)")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args(argv)
     caps = parse_caps(args.cap)
-    runs_root, keep_root = Path(args.runs), Path(args.keep)
+    runs_root = Path(args.runs)
+    keep_root = Path(args.keep) if args.keep else None
+    args.results = args.results or args.runs
     if not args.table_only:
         from cifar_ae.training import run_trial  # imports keras: not needed for --table-only
         plan = PLAN
@@ -90,17 +96,17 @@ def main(argv=None):
             print(f"=== {trial} seed {seed} on `study`" + (f", capped at {cap} epochs" if cap else ""), flush=True)
             run = run_trial(trial, args.preset, seed, runs_root, epochs=cap, variant=f"max{cap}" if cap else None,
                             verbose=2)
-            kept = [keep(run, runs_root, keep_root)]
-            config = (run / "config.json").read_text()
-            import json
-            upstream = json.loads(config).get("upstream_run")
+            kept = [run]
+            upstream = json.loads((run / "config.json").read_text()).get("upstream_run")
             if upstream:
-                kept.append(keep(Path(upstream), runs_root, keep_root))
+                kept.append(Path(upstream))
+            if keep_root is not None:
+                kept = [keep(r, runs_root, keep_root) for r in kept]
             print(f"=== {trial} seed {seed}: done in {time.time() - t0:.0f} s this call -> {kept[0]}", flush=True)
-            if args.commit:
+            if args.commit and keep_root is not None:
                 commit(kept, f"results: study preset, {trial} seed {seed}" + (f" (capped at {cap} epochs)" if cap else ""))
     from cifar_ae.report import write_study_tables
-    for path in write_study_tables(keep_root, args.results, preset=args.preset):
+    for path in write_study_tables(keep_root or runs_root, args.results, preset=args.preset):
         print(f"wrote {path}")
 
 

@@ -83,8 +83,10 @@ def main():
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/time_to_accuracy")
-    ap.add_argument("--output", default="results/time_to_accuracy.json")
+    ap.add_argument("--output", default=None,
+                    help="JSON result (default: <out>/<trial>-<preset>.json; results/... only when named here)")
     args = ap.parse_args()
+    args.output = args.output or str(Path(args.out) / f"{args.trial}-{args.preset}.json")
     command = "python " + " ".join(sys.argv)
 
     from cifar_ae.data import load_cifar10

@@ -88,7 +88,8 @@ def cmd_tune(args):
     summary = run_search(args.tuner, args.max_trials, args.preset, args.model, args.seed, args.overwrite,
                          epochs=args.epochs, runs_dir=args.out, results_dir=args.results, save_trial=args.save_trial,
                          chief=args.chief, worker=args.worker, oracle_ip=args.oracle_ip, oracle_port=args.oracle_port,
-                         verbose=1 if sys.stdout.isatty() else 2, recycle_every=args.recycle_every)
+                         verbose=1 if sys.stdout.isatty() else 2, recycle_every=args.recycle_every,
+                         allow_remote=args.allow_remote_workers, trial_timeout=args.trial_timeout)
     if summary:
         best = summary["best"]
         print(json.dumps({"best_trial": best["trial_id"], "val_balanced_accuracy": best["val_balanced_accuracy"],
@@ -139,8 +140,9 @@ def main(argv=None):
     p.add_argument("--force", action="store_true", help="FORCE=True: retrain runs the notebooks would reuse")
     p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="another notebook parameter")
     p.set_defaults(func=cmd_notebooks)
-    p = sub.add_parser("tune", help="keras-tuner search (random, bayesian, hyperband); resumes; chief/worker mode")
-    p.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="bayesian")
+    p = sub.add_parser("tune", help="keras-tuner search (random, bayesian, hyperband, grid); resumes; chief/worker mode")
+    p.add_argument("--tuner", choices=["random", "bayesian", "hyperband", "grid"], default="bayesian",
+                   help="grid enumerates a smaller, listed space (depth x optimizer x learning rate x batch x weights)")
     p.add_argument("--max-trials", type=int, required=True)
     p.add_argument("--preset", default="quick", help="search size: smoke | quick | full (images and epochs per trial)")
     p.add_argument("--model", choices=["joint", "feature-classifier"], default="joint")
@@ -148,11 +150,18 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true", help="start the search over instead of continuing it")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs per trial")
     p.add_argument("--out", default=None, help="runs root; the search lives in <out>/tuning/<model>-<tuner>-<preset>-s<seed>")
-    p.add_argument("--results", default="results", help="where tuning.json/.md/_scores.png and tuned_trials.json go")
+    p.add_argument("--results", default=None, help="where tuning.json/.md/_scores.png and tuned_trials.json go "
+                   "(default: the search's project folder under --out; results/ only when named here)")
     p.add_argument("--save-trial", default=None, metavar="NAME", help="name of the saved best trial (default tuned-<model>-<tuner>-<preset>)")
     p.add_argument("--chief", action="store_true", help="run the oracle for workers (KERASTUNER_TUNER_ID=chief)")
     p.add_argument("--worker", default=None, metavar="ID", help="run trials for the chief (KERASTUNER_TUNER_ID=worker<ID>)")
-    p.add_argument("--oracle-ip", default=None, help="chief address (KERASTUNER_ORACLE_IP; default 127.0.0.1)")
+    p.add_argument("--oracle-ip", default=None, help="chief address (KERASTUNER_ORACLE_IP; default 127.0.0.1); "
+                   "the chief binds it")
+    p.add_argument("--allow-remote-workers", action="store_true",
+                   help="let the chief bind a non-loopback address (keras-tuner's gRPC is unauthenticated: private "
+                        "networks only; prefer an SSH tunnel to 127.0.0.1)")
+    p.add_argument("--trial-timeout", type=float, default=None, metavar="S",
+                   help="chief: expire a trial not ended within S seconds (default 3600) and send it for retry")
     p.add_argument("--oracle-port", type=int, default=None, help="chief port (KERASTUNER_ORACLE_PORT)")
     p.add_argument("--recycle-every", type=int, default=10, metavar="K",
                    help="re-execute the process after K trials to return TensorFlow's memory (0: never)")

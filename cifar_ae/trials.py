@@ -329,18 +329,31 @@ _TUNED_LOADED = False
 
 
 def load_tuned_trials(path=None) -> list:
-    """Add the trials in a tuned-trials JSON to TRIALS (never replacing a study trial); returns their names."""
+    """Add the trials in a tuned-trials JSON to TRIALS (never replacing a study trial); returns their names.
+
+    Each record is validated like any Trial (a name that is not a plain folder name, a bad field): a bad record
+    is skipped with a warning naming it, the others load.
+    """
+    global _TUNED_LOADED
+    _TUNED_LOADED = True
     path, names = Path(path or TUNED_TRIALS_FILE), {f.name for f in dataclasses.fields(Trial)}
     try:
         records = json.loads(path.read_text()).get("trials", []) if path.is_file() else []
-        # a record saved before the search built through models.joint_model names its old copy of it
-        records = [{**r, "model": "joint_model"} if r.get("model") == "tuned_joint_model" else r for r in records]
-        trials = [Trial(**{k: v for k, v in r.items() if k in names}) for r in records]
-    except (OSError, ValueError, TypeError, AttributeError) as e:
+        if not isinstance(records, list):
+            raise ValueError("'trials' is not a list")
+    except (OSError, ValueError, AttributeError) as e:
         warnings.warn(f"{path}: tuned trials not loaded ({type(e).__name__}: {e})")
         return []
-    global _TUNED_LOADED
-    _TUNED_LOADED = True
+    trials = []
+    for i, r in enumerate(records):
+        try:
+            if not isinstance(r, dict):
+                raise TypeError("not a JSON object")
+            # a record saved before the search built through models.joint_model names its old copy of it
+            r = {**r, "model": "joint_model"} if r.get("model") == "tuned_joint_model" else r
+            trials.append(Trial(**{k: v for k, v in r.items() if k in names}))
+        except (TypeError, ValueError) as e:
+            warnings.warn(f"{path}: tuned trial #{i} skipped ({e})")
     added = [t.name for t in trials if t.name not in TRIALS or t.name in TUNED_NAMES]
     TRIALS.update({t.name: t for t in trials if t.name in added})
     TUNED_NAMES.update(added)

@@ -52,7 +52,7 @@ from . import data as D, evaluate as E, models as M, plots as P
 from .batches import ArrayBatches
 from .trials import PRESETS, Trial
 
-TUNERS = ("random", "bayesian", "hyperband")
+TUNERS = ("random", "bayesian", "hyperband", "grid")
 MODELS = ("joint", "feature-classifier")
 # How big a search each preset is: images per trial (validation and test as in trials.PRESETS, so the
 # hold-out split is the one `train` uses for that preset) and epochs per trial.
@@ -118,6 +118,34 @@ def _training_space(hp, v):
     return v
 
 
+def _grid_training_space(hp, v):
+    """The training half of the grid: every value listed, so GridSearch can enumerate it (24 combinations)."""
+    v["optimizer"] = hp.Choice("optimizer", ["adam", "sgd"], default="adam")
+    with hp.conditional_scope("optimizer", ["adam"]):
+        adam_lr = hp.Choice("learning_rate_adam", [3e-4, 1e-3, 3e-3], default=1e-3)
+    with hp.conditional_scope("optimizer", ["sgd"]):
+        sgd_lr = hp.Choice("learning_rate_sgd", [3e-3, 1e-2, 3e-2], default=1e-2)
+    v["learning_rate"] = adam_lr if v["optimizer"] == "adam" else sgd_lr
+    v["batch_size"] = hp.Choice("batch_size", [64, 128], default=64)
+    v["class_weight"] = hp.Choice("class_weight", ["none", "inverse"], default="none")
+    return v
+
+
+def joint_grid(hp) -> dict:
+    """`--tuner grid` over the joint model: depth (2 or 3 encoder blocks) x the training grid; the rest at the
+    study's values. 2 x 24 = 48 combinations: affordable, unlike the full space (thousands)."""
+    v = {"encoder_blocks": hp.Int("encoder_blocks", 2, 3, step=1, default=2), "convs_per_block": 2, "filters": 32,
+         "kernel_size": 3, "head_blocks": 2, "head_filters": 128, "dropout": 0.3, "reconstruction_weight": 1.0}
+    return _grid_training_space(hp, v)
+
+
+def classifier_grid(hp) -> dict:
+    """`--tuner grid` over the frozen-feature classifier: head depth (1 or 2 blocks) x the training grid."""
+    v = {"head_blocks": hp.Int("head_blocks", 1, 2, step=1, default=2), "head_filters": 128, "convs_per_block": 2,
+         "dense_units": 0, "dropout": 0.3}
+    return _grid_training_space(hp, v)
+
+
 def joint_space(hp) -> dict:
     """The joint model's space; returns the values of `hp` as builder/training arguments."""
     v = {"encoder_blocks": hp.Int("encoder_blocks", 2, 3, default=2),  # 1 block = a 16x16 code: heavy head
@@ -168,9 +196,13 @@ class _CifarHyperModel(kt.HyperModel):
     targets = None
     space = None
 
-    def __init__(self, preset="quick", seed=0, source=None, runs_dir=None, name=None):
+    grid = None  # the enumerable space `--tuner grid` uses
+
+    def __init__(self, preset="quick", seed=0, source=None, runs_dir=None, name=None, grid=False):
         super().__init__(name=name)
         self.preset, self.seed, self.source, self.runs_dir = preset, int(seed), source, runs_dir
+        if grid:
+            self.space = self.grid
         self._data = None
         self.builds = []  # keras' name counter at each build: stays 1 when the session is cleared per trial
 
@@ -221,6 +253,7 @@ class JointHyperModel(_CifarHyperModel):
     task, targets = "joint", "joint"
     objective = "val_label_balanced_accuracy"
     space = staticmethod(joint_space)
+    grid = staticmethod(joint_grid)
     model_args = staticmethod(joint_model_args)
 
     def _model(self, v):
@@ -239,6 +272,7 @@ class FeatureClassifierHyperModel(_CifarHyperModel):
     task, targets = "classifier", "label"
     objective = "val_balanced_accuracy"
     space = staticmethod(classifier_space)
+    grid = staticmethod(classifier_grid)
     model_args = staticmethod(classifier_model_args)
 
     def _model(self, v):
@@ -318,6 +352,10 @@ class HyperbandTuner(_Recording, kt.Hyperband):
     pass
 
 
+class GridTuner(_Recording, kt.GridSearch):
+    pass
+
+
 def project_name(model, tuner, preset, seed):
     return f"{model}-{tuner}-{preset}-s{seed}"
 
@@ -327,8 +365,17 @@ def tuning_dir(runs_dir=None) -> Path:
     return Path(runs_dir or DEFAULT_OUT) / "tuning"
 
 
-def make_tuner(tuner, hypermodel, max_trials, epochs, seed=0, directory=None, name=None, overwrite=False):
-    """A keras-tuner tuner over `hypermodel`, stored in directory/name (reloaded from there unless overwrite)."""
+def make_tuner(tuner, hypermodel, max_trials, epochs, seed=0, directory=None, name=None, overwrite=False,
+               trial_timeout=None):
+    """A keras-tuner tuner over `hypermodel`, stored in directory/name (reloaded from there unless overwrite);
+    its oracle checks every trial report (TrialGuard)."""
+    t = _make_tuner(tuner, hypermodel, max_trials, epochs, seed, directory, name, overwrite)
+    if not hasattr(t.oracle, "stub"):  # a worker's OracleClient proxies to the chief, which does the checking
+        guard(t.oracle, trial_timeout)
+    return t
+
+
+def _make_tuner(tuner, hypermodel, max_trials, epochs, seed, directory, name, overwrite):
     if tuner not in TUNERS:
         raise ValueError(f"unknown tuner '{tuner}'; valid tuners: {', '.join(TUNERS)}.")
     objective = kt.Objective(hypermodel.objective, direction="max")
@@ -341,9 +388,163 @@ def make_tuner(tuner, hypermodel, max_trials, epochs, seed=0, directory=None, na
         # default is 3 random points per dimension (~40 here): with a handful of trials the GP would never
         # be used, so start it after a third of the budget (at least 2 random points)
         return BayesianTuner(max_trials=max_trials, num_initial_points=max(2, max_trials // 3), **common)
+    if tuner == "grid":
+        return GridTuner(max_trials=max_trials, **common)  # stops early when the grid is exhausted
     t = HyperbandTuner(max_epochs=max(2, epochs), factor=2, **common)
     t.oracle.max_trials = max_trials  # Hyperband sizes itself by epochs; --max-trials caps it as well
     return t
+
+
+# --------------------------------------------------------------------------- a chief that trusts no peer
+
+class TrialRefused(ValueError):
+    """A trial report the oracle did not ask for: unknown trial, changed or out-of-space values, bad metrics."""
+
+
+def in_space(hp_space, values) -> str | None:
+    """Why `values` is not a point of the search space (None if it is): unknown names, or a value outside its
+    hyperparameter's choices, range or step."""
+    by_name = {p.name: p for p in hp_space}
+    for name, value in values.items():
+        if name.startswith("tuner/"):  # Hyperband's own bookkeeping, checked against what was handed out
+            continue
+        p = by_name.get(name)
+        if p is None:
+            return f"unknown hyperparameter {name!r}"
+        kind = type(p).__name__
+        if kind in ("Choice", "Boolean", "Fixed"):
+            allowed = {"Choice": lambda: list(p.values), "Boolean": lambda: [True, False],
+                       "Fixed": lambda: [p.value]}[kind]()
+            if value not in allowed:
+                return f"{name}={value!r} is not one of {list(allowed)}"
+        elif kind in ("Int", "Float"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not (
+                    p.min_value <= value <= p.max_value):
+                return f"{name}={value!r} is outside [{p.min_value}, {p.max_value}]"
+            if p.step is not None and getattr(p, "sampling", "linear") in (None, "linear"):
+                k = (value - p.min_value) / p.step
+                if abs(k - round(k)) > 1e-6:
+                    return f"{name}={value!r} is off its step {p.step}"
+    return None
+
+
+class TrialGuard:
+    """Oracle mixin for the chief: keras-tuner's gRPC service has no authentication, so every report is checked.
+
+    - UpdateTrial / EndTrial must name a trial this oracle handed out and that is still running;
+    - EndTrial's hyperparameters must equal the values handed out for it, and lie in the search space;
+    - metric values must be finite, and the objective (a balanced accuracy) within [0, 1];
+    - UpdateSpace may not add hyperparameters once the space is declared;
+    - a running trial with no report for `trial_timeout` seconds is expired (sent for retry), and a tuner id
+      silent that long is forgotten, so a peer that takes trials and never ends them cannot hang the chief.
+    A refused report raises TrialRefused inside the gRPC handler: the peer gets an error, the search goes on.
+    What it cannot stop is a worker that runs a handed-out trial and reports a made-up score: so the chief
+    re-scores the best configurations itself before anything is saved (finalize).
+    """
+    trial_timeout = 3600.0
+
+    # keras-tuner's chief polls these two to decide when to exit: reading them expires the silent ones first
+    @property
+    def tuner_ids(self):
+        self._expire()
+        return self.__dict__["tuner_ids"]
+
+    @tuner_ids.setter
+    def tuner_ids(self, value):
+        self.__dict__["tuner_ids"] = value
+
+    @property
+    def ongoing_trials(self):
+        self._expire()
+        return self.__dict__["ongoing_trials"]
+
+    @ongoing_trials.setter
+    def ongoing_trials(self, value):
+        self.__dict__["ongoing_trials"] = value
+
+    def _guard_state(self):
+        if "_handed_out" not in self.__dict__:
+            self._handed_out, self._alive, self.refused = {}, {}, []
+        return self
+
+    def _refuse(self, why):
+        self._guard_state().refused.append(why)
+        print(f"[tune] refused a trial report: {why}", flush=True)
+        raise TrialRefused(why)
+
+    def _expire(self):
+        d = self.__dict__
+        if "_handed_out" not in d or "ongoing_trials" not in d:
+            return
+        now = time.time()
+        for tuner_id, trial in list(d["ongoing_trials"].items()):
+            if now - self._alive.get(tuner_id, now) > self.trial_timeout:
+                print(f"[tune] trial {trial.trial_id} of {tuner_id}: no report for {self.trial_timeout:.0f} s; "
+                      "expired and sent for retry", flush=True)
+                d["ongoing_trials"].pop(tuner_id)
+                trial.status = "INVALID"
+                if trial.trial_id not in self._retry_queue:
+                    self._retry_queue.append(trial.trial_id)
+        for tuner_id, seen in list(self._alive.items()):
+            if now - seen > self.trial_timeout and tuner_id not in d["ongoing_trials"]:
+                d["tuner_ids"].discard(tuner_id)
+                self._alive.pop(tuner_id)
+
+    def create_trial(self, tuner_id):
+        self._guard_state()
+        trial = super().create_trial(tuner_id)
+        self._alive[tuner_id] = time.time()
+        if trial.status == "RUNNING":
+            self._handed_out[trial.trial_id] = dict(trial.hyperparameters.values)
+        return trial
+
+    def _runner(self, trial_id):
+        """The tuner id running this trial, or None."""
+        return next((tid for tid, t in self.__dict__["ongoing_trials"].items() if t.trial_id == trial_id), None)
+
+    def update_space(self, hyperparameters):
+        """The space is the hypermodel's, declared before the chief serves anyone: nobody may widen it later."""
+        known = {p.name for p in self.hyperparameters.space}
+        new = sorted({p.name for p in hyperparameters.space} - known)
+        if known and new:
+            self._refuse(f"UpdateSpace would add {new} to the search space")
+        return super().update_space(hyperparameters)
+
+    def update_trial(self, trial_id, metrics, step=0):
+        self._guard_state()
+        runner = self._runner(trial_id)
+        if trial_id not in self._handed_out or runner is None:
+            self._refuse(f"UpdateTrial for trial {trial_id!r}, which this chief is not running")
+        for name, value in dict(metrics).items():
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                self._refuse(f"trial {trial_id}: metric {name}={value!r} is not a finite number")
+        objective = self.objective.name if hasattr(self.objective, "name") else None
+        if objective in metrics and not 0.0 <= float(metrics[objective]) <= 1.0:
+            self._refuse(f"trial {trial_id}: {objective}={metrics[objective]} is outside [0, 1]")
+        self._alive[runner] = time.time()
+        return super().update_trial(trial_id, metrics, step=step)
+
+    def end_trial(self, trial):
+        self._guard_state()
+        handed = self._handed_out.get(trial.trial_id)
+        if handed is None or self._runner(trial.trial_id) is None:
+            self._refuse(f"EndTrial for trial {trial.trial_id!r}, which this chief did not hand out or is not running")
+        values = dict(trial.hyperparameters.values)
+        why = in_space(self.hyperparameters.space, values)
+        if why:
+            self._refuse(f"EndTrial for trial {trial.trial_id}: {why}")
+        if {k: v for k, v in values.items() if k in handed} != handed or set(values) - set(handed):
+            self._refuse(f"EndTrial for trial {trial.trial_id}: hyperparameters differ from the ones handed out")
+        return super().end_trial(trial)
+
+
+def guard(oracle, trial_timeout=None):
+    """Give an oracle the TrialGuard checks (its class gains the mixin; state and behaviour are otherwise kept)."""
+    if not isinstance(oracle, TrialGuard):
+        oracle.__class__ = type(f"Guarded{type(oracle).__name__}", (TrialGuard, type(oracle)), {})
+    if trial_timeout is not None:
+        oracle.trial_timeout = float(trial_timeout)
+    return oracle
 
 
 # --------------------------------------------------------------------------- data, upstream, distribution
@@ -374,8 +575,26 @@ def ensure_upstream(preset, seed=0, runs_dir=None, verbose=2) -> Path:
     return run
 
 
-def configure_distributed(chief=False, worker=None, oracle_ip=None, oracle_port=None) -> str:
-    """Set keras-tuner's KERASTUNER_* variables from the flags (flags win); returns 'single', 'chief' or 'worker'."""
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _is_loopback(address) -> bool:
+    import ipaddress
+    if address in LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def configure_distributed(chief=False, worker=None, oracle_ip=None, oracle_port=None, allow_remote=False) -> str:
+    """Set keras-tuner's KERASTUNER_* variables from the flags (flags win); returns 'single', 'chief' or 'worker'.
+
+    The chief binds KERASTUNER_ORACLE_IP. keras-tuner's gRPC has no authentication or encryption, so anything but
+    loopback needs allow_remote (--allow-remote-workers) and gets a warning: reach the chief over an SSH tunnel
+    or a private network only (README, "Distributed search").
+    """
     if chief and worker is not None:
         raise ValueError("--chief and --worker are exclusive: run one chief and one process per worker.")
     if chief:
@@ -397,19 +616,34 @@ def configure_distributed(chief=False, worker=None, oracle_ip=None, oracle_port=
         raise ValueError("distributed tuning needs --oracle-port (or KERASTUNER_ORACLE_PORT).")
     if "KERASTUNER_TUNER_ID" not in os.environ:
         raise ValueError("distributed tuning needs --chief or --worker ID (or KERASTUNER_TUNER_ID).")
-    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+    role = "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+    address = os.environ["KERASTUNER_ORACLE_IP"]
+    if role == "chief" and not _is_loopback(address):
+        if not allow_remote:
+            raise ValueError(f"the chief would listen on {address}, beyond this machine, and keras-tuner's gRPC has "
+                             "no authentication; bind 127.0.0.1 and reach it through an SSH tunnel, or pass "
+                             "--allow-remote-workers on a private network.")
+        print(f"[tune] WARNING: the chief listens on {address}:{os.environ['KERASTUNER_ORACLE_PORT']} without "
+              "authentication or encryption: anyone who can reach that port can read the search and report "
+              "trials. Every report is checked against what the chief handed out, and the best configurations are "
+              "re-scored here; still, expose it on a private network only.", file=sys.stderr, flush=True)
+    return role
 
 
 # --------------------------------------------------------------------------- the search
 
 def run_search(tuner="bayesian", max_trials=10, preset="quick", model="joint", seed=0, overwrite=False,
-               epochs=None, runs_dir=None, results_dir="results", save_trial=None, chief=False, worker=None,
+               epochs=None, runs_dir=None, results_dir=None, save_trial=None, chief=False, worker=None,
                oracle_ip=None, oracle_port=None, source=None, verbose=1, command=None, recycle_every=0,
-               recycle_argv=None) -> dict | None:
-    """Run (or continue) a search; the chief or single process then scores the best configuration on the test
-    set once and writes tuning.json / tuning.md / tuning_scores.png to `results_dir`. Returns that summary
-    (None on a worker). `recycle_every` K: re-execute `recycle_argv` (default: this `python -m cifar_ae tune`
-    command without --overwrite) after every K trials, to keep memory flat."""
+               recycle_argv=None, allow_remote=False, trial_timeout=None, rescore_top=3) -> dict | None:
+    """Run (or continue) a search; the chief or single process then re-scores the best configurations itself,
+    scores the best on the test set once and writes tuning.json / tuning.md / tuning_scores.png and the tuned
+    trial to `results_dir` (default: the search's own project folder; results/ only when asked). Returns that
+    summary (None on a worker). `recycle_every` K: re-execute `recycle_argv` (default: this `python -m cifar_ae
+    tune` command without --overwrite) after every K trials, to keep memory flat."""
+    from .trials import check_name
+    if save_trial is not None:
+        check_name(save_trial, "--save-trial")
     if model not in MODELS:
         raise ValueError(f"unknown model '{model}'; valid models: {', '.join(MODELS)}.")
     if preset not in TUNING_PRESETS:
@@ -418,7 +652,7 @@ def run_search(tuner="bayesian", max_trials=10, preset="quick", model="joint", s
         raise ValueError(f"unknown tuner '{tuner}'; valid tuners: {', '.join(TUNERS)}.")
     if int(max_trials) < 1:
         raise ValueError(f"--max-trials must be at least 1, got {max_trials}.")
-    role = configure_distributed(chief, worker, oracle_ip, oracle_port)
+    role = configure_distributed(chief, worker, oracle_ip, oracle_port, allow_remote)
     if role == "worker" and overwrite:
         overwrite = False  # only the chief may wipe the shared project directory
         print("[tune] --overwrite is ignored on a worker (the chief owns the project directory)")
@@ -427,9 +661,10 @@ def run_search(tuner="bayesian", max_trials=10, preset="quick", model="joint", s
         settings["epochs"] = int(epochs)
     if model == "feature-classifier":  # every process builds on it (the chief too, to declare the space)
         ensure_upstream(preset, seed, runs_dir)
-    hypermodel = HYPERMODELS[model](preset, seed, source, runs_dir)
+    hypermodel = HYPERMODELS[model](preset, seed, source, runs_dir, grid=tuner == "grid")
     directory, name = tuning_dir(runs_dir), project_name(model, tuner, preset, seed)
-    t = make_tuner(tuner, hypermodel, int(max_trials), settings["epochs"], seed, directory, name, overwrite)
+    t = make_tuner(tuner, hypermodel, int(max_trials), settings["epochs"], seed, directory, name, overwrite,
+                   trial_timeout)
     cli_command, cli_argv = _cli_invocation()
     command = command or cli_command
     if role != "chief" and recycle_every:  # the chief trains nothing
@@ -446,8 +681,8 @@ def run_search(tuner="bayesian", max_trials=10, preset="quick", model="joint", s
         print(f"[tune] {t.tuner_id}: the chief has no more trials; this worker ran {len(mine)}")
         return None
     return finalize(t, hypermodel, tuner=tuner, model=model, preset=preset, seed=seed, max_trials=int(max_trials),
-                    settings=settings, results_dir=results_dir, save_trial=save_trial, role=role,
-                    command=command, search_seconds=time.perf_counter() - t0)
+                    settings=settings, results_dir=results_dir or t.project_dir, save_trial=save_trial, role=role,
+                    command=command, search_seconds=time.perf_counter() - t0, rescore_top=rescore_top)
 
 
 def _cli_invocation():
@@ -620,10 +855,38 @@ def _best_model(t, best, epochs):
             return t.load_model(best), "checkpoint"
     except (OSError, FileNotFoundError, ValueError) as e:
         print(f"[tune] no checkpoint for trial {best.trial_id} here ({type(e).__name__}); retraining it")
-        model = t.hypermodel.build(best.hyperparameters)
-        t.hypermodel.fit(best.hyperparameters, model, verbose=0,
-                         epochs=int(best.hyperparameters.values.get("tuner/epochs", 0)) or epochs)
-        return model, "retrained"
+        return _retrain(t, best, epochs), "retrained"
+
+
+def _retrain(t, trial, epochs):
+    model = t.hypermodel.build(trial.hyperparameters)
+    t.hypermodel.fit(trial.hyperparameters, model, verbose=0,
+                     epochs=int(trial.hyperparameters.values.get("tuner/epochs", 0)) or epochs)
+    return model
+
+
+def validation_balanced_accuracy(model, hypermodel) -> float:
+    """The search's objective, computed here on the hold-out split (not taken from any report)."""
+    from sklearn.metrics import balanced_accuracy_score
+    d = hypermodel.data
+    out = model.predict(d["x_val"].astype(np.float32) / 255.0, batch_size=256, verbose=0)
+    probs = out["label"] if isinstance(out, dict) else out
+    return float(balanced_accuracy_score(d["y_val"], probs.argmax(1)))
+
+
+def rescore_best(t, hypermodel, top, epochs):
+    """Retrain the `top` best-reported trials on this process and rank them by its own validation score: what a
+    worker reported is never taken on its word. Returns (best trial, its model, [records])."""
+    records, best = [], None
+    for tr in t.oracle.get_best_trials(top):
+        model = _retrain(t, tr, epochs)
+        score = validation_balanced_accuracy(model, hypermodel)
+        records.append({"trial_id": tr.trial_id, "reported": None if tr.score is None else float(tr.score),
+                        "chief": round(score, 4)})
+        print(f"[tune] re-scored trial {tr.trial_id}: reported {tr.score}, chief {score:.4f}", flush=True)
+        if best is None or score > best[0]:
+            best = (score, tr, model)
+    return best[1], best[2], records
 
 
 def write_markdown(summary, path) -> Path:
@@ -648,18 +911,23 @@ def write_markdown(summary, path) -> Path:
 
 
 def finalize(t, hypermodel, tuner, model, preset, seed, max_trials, settings, results_dir, save_trial=None,
-             role="single", command=None, search_seconds=None) -> dict:
-    """Score the best configuration on the test set (once) and write the results."""
+             role="single", command=None, search_seconds=None, rescore_top=3) -> dict:
+    """Pick the best configuration (re-scored here on a chief), score it on the test set once, write the results."""
     from .training import versions
     rows = collect_trials(t.project_dir, list(t.oracle.trials.values()))
     completed = [r for r in rows if r["score"] is not None and r["status"] == "COMPLETED"]
     if not completed:
         msgs = "; ".join(sorted({r["message"] for r in rows if r["message"]})) or "no trial ran"
         raise RuntimeError(f"no tuning trial completed ({len(rows)} trials): {msgs}")
-    best = t.oracle.get_best_trials(1)[0]
+    rescored = None
+    if role == "chief":  # the trials ran elsewhere: retrain the best-reported ones and rank them by our own score
+        best, best_model, rescored = rescore_best(t, hypermodel, max(1, int(rescore_top)), settings["epochs"])
+        how = "retrained and re-scored by the chief"
+    else:
+        best = t.oracle.get_best_trials(1)[0]
+        best_model, how = _best_model(t, best, settings["epochs"])
     values = hypermodel.space(best.hyperparameters.copy())
     d = hypermodel.data
-    best_model, how = _best_model(t, best, settings["epochs"])
     x_unit = d["x_test"].astype(np.float32) / 255.0
     outputs = best_model.predict(x_unit, batch_size=256, verbose=0)
     test = E.evaluate_outputs(hypermodel.task, x_unit, d["y_test"], outputs, d["class_names"])
@@ -672,8 +940,10 @@ def finalize(t, hypermodel, tuner, model, preset, seed, max_trials, settings, re
     results_dir.mkdir(parents=True, exist_ok=True)
     trial_name = save_trial or f"tuned-{model}-{tuner}-{preset}"
     best_row = next(r for r in rows if r["trial_id"] == best.trial_id)
+    best_score = best_row["score"] if rescored is None else next(r["chief"] for r in rescored
+                                                                   if r["trial_id"] == best.trial_id)
     description = (f"Best of {len(completed)} {tuner} trials ({model}, '{preset}' search, seed {seed}): "
-                   f"val balanced acc {best_row['score']:.3f}; see results/tuning.json.")
+                   f"val balanced acc {best_score:.3f}; see tuning.json beside this file.")
     record = tuned_trial_record(hypermodel, values, trial_name, description)
     if command is None:
         command = " ".join(shlex.quote(a) for a in sys.argv)
@@ -690,7 +960,10 @@ def finalize(t, hypermodel, tuner, model, preset, seed, max_trials, settings, re
         "search_seconds_this_session": None if search_seconds is None else round(search_seconds, 1),
         "trial_seconds_total": round(sum(r["seconds"] or 0 for r in rows), 1),
         "trials": rows,
-        "best": {"trial_id": best.trial_id, "val_balanced_accuracy": best_row["score"],
+        "rescored": rescored,
+        "refused_reports": list(getattr(t.oracle, "refused", [])),
+        "best": {"trial_id": best.trial_id, "val_balanced_accuracy": best_score,
+                 "scored_by": "the process that ran the trials" if rescored is None else "chief",
                  "val_accuracy": best_row["val_accuracy"], "hyperparameters": best_row["hyperparameters"],
                  "config": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()},
                  "test": test_summary},
@@ -700,11 +973,11 @@ def finalize(t, hypermodel, tuner, model, preset, seed, max_trials, settings, re
     }
     E.write_json_atomic(results_dir / "tuning.json", summary)
     title = (f"{tuner} search, {model}, '{preset}' preset: {len(completed)} of {len(rows)} trials completed; "
-             f"best val bal. acc {best_row['score']:.3f}, its test acc {test_summary['test_accuracy']:.3f}")
+             f"best val bal. acc {best_score:.3f}, its test acc {test_summary['test_accuracy']:.3f}")
     P.save(scores_figure(rows, title), results_dir / "tuning_scores.png")
     write_markdown(summary, results_dir / "tuning.md")
     saved = save_tuned_trial(record, results_dir / "tuned_trials.json")
-    print(f"[tune] best trial {best.trial_id}: val balanced acc {best_row['score']:.4f}, "
+    print(f"[tune] best trial {best.trial_id}: val balanced acc {best_score:.4f}, "
           f"test acc {test_summary['test_accuracy']:.4f}; wrote {results_dir / 'tuning.json'}, tuning.md, "
           f"tuning_scores.png; saved trial '{trial_name}' in {saved}")
     return summary

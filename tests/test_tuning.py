@@ -72,7 +72,10 @@ def test_distributed_flags_set_keras_tuner_variables(monkeypatch):
     assert configure_distributed(worker="3", oracle_port=8123) == "worker"
     assert (os.environ["KERASTUNER_TUNER_ID"], os.environ["KERASTUNER_ORACLE_IP"],
             os.environ["KERASTUNER_ORACLE_PORT"]) == ("worker3", "127.0.0.1", "8123")
-    assert configure_distributed(chief=True, oracle_ip="0.0.0.0") == "chief"
+    with pytest.raises(ValueError, match="no authentication; bind 127.0.0.1 and reach it through an SSH tunnel"):
+        configure_distributed(chief=True, oracle_ip="0.0.0.0")
+    assert configure_distributed(chief=True, oracle_ip="0.0.0.0", allow_remote=True) == "chief"
+    assert configure_distributed(chief=True, oracle_ip="127.0.0.1") == "chief"
     with pytest.raises(ValueError, match="must not contain 'chief'"):
         configure_distributed(worker="subchief")
     with pytest.raises(ValueError, match="exclusive"):
@@ -86,7 +89,9 @@ def test_tune_cli_rejects_bad_arguments(capsys):
     assert cli.main(["tune", "--max-trials", "2", "--preset", "fast"]) == 2
     assert capsys.readouterr().err.strip() == "error: unknown preset 'fast'; valid presets: smoke, quick, full."
     with pytest.raises(SystemExit):
-        cli.main(["tune", "--tuner", "grid", "--max-trials", "2"])
+        cli.main(["tune", "--tuner", "genetic", "--max-trials", "2"])
+    assert cli.main(["tune", "--max-trials", "1", "--save-trial", "../../tmp/x"]) == 2
+    assert "--save-trial name '../../tmp/x' must be letters" in capsys.readouterr().err
 
 
 def test_tuned_trials_join_trials_but_never_replace_study_ones(tmp_path, monkeypatch):
@@ -239,5 +244,6 @@ def test_chief_and_two_workers_share_one_search(tmp_path, cifar_dir):
     summary = json.loads((results / "tuning.json").read_text())
     assert summary["mode"] == "chief" and len(summary["trials"]) == max_trials
     assert {r["tuner_id"] for r in summary["trials"]} == {"worker0", "worker1"}
-    assert summary["best"]["test"]["model_from"] == "checkpoint"
+    assert summary["best"]["test"]["model_from"] == "retrained and re-scored by the chief"
+    assert summary["best"]["scored_by"] == "chief" and len(summary["rescored"]) == max_trials
     assert "this worker ran" in (tmp_path / "w0.log").read_text()
