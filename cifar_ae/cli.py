@@ -77,8 +77,16 @@ def cmd_report(args):
     print(table)
 
 
+def cmd_compare(args):
+    from .report import compare_figure, compare_markdown
+    print(compare_markdown(*args.runs), end="")
+    if args.figure:
+        from .plots import save
+        print(f"curves: {save(compare_figure(*args.runs), args.figure)}")
+
+
 def cmd_notebooks(args):
-    from .notebooks import run_notebooks
+    from .notebooks_run import run_notebooks
     run_notebooks(args.names, args.preset, args.seed, args.runs, args.out, args.data, args.force, args.param,
                   progress_bar=sys.stderr.isatty())
 
@@ -130,6 +138,10 @@ def main(argv=None):
     p.add_argument("--preset", default=None)
     p.add_argument("--output", default=None, help="also write the table to this file")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("compare", help="two or more run folders side by side: metrics, per-class recall, curves")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders, e.g. runs/v2-joint-noaug/quick-s0 (baseline first)")
+    p.add_argument("--figure", default=None, metavar="PNG", help="also write the overlaid training curves here")
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser("notebooks", help="execute research notebooks (papermill) into runs/notebooks/<name>/<preset>-s<seed>")
     p.add_argument("names", nargs="*", metavar="NAME", help="notebook stem or alias (v0, v1, v2-noaug, v2-aug-adam, v2-aug-sgd); none = all")
     p.add_argument("--preset", default="quick")

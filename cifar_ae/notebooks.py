@@ -1,304 +1,20 @@
-"""The research notebooks: headless execution into run folders, and the display helpers the notebooks share.
+"""What the research notebooks call: setup, tables, figures, the trial and model cells' helpers, comparisons.
 
-    python -m cifar_ae notebooks --preset smoke v0 v1     # every notebook if no NAME is given
-    python -m cifar_ae notebooks --preset quick v1 -p COMPARE_UPSAMPLING=False   # other parameters: -p NAME=VALUE
-
-executes `notebooks/<stem>.ipynb` with papermill into `<runs>/notebooks/<stem>/<preset>-s<seed>/`:
-`<stem>.ipynb` (executed, with outputs), `<stem>.html` (nbconvert, readable without Jupyter) and
-`timing.json` (wall time, parameters, and each trial run the notebook used: reused or trained, its numbers).
-Papermill runs the notebooks on the Jupyter kernel named ``python3`` (``python -m ipykernel install --user``).
-
-Every notebook starts with a cell tagged ``parameters`` (PRESET, SEED, CIFAR10_DIR, RUNS, FORCE) that papermill
-overrides, and only calls `cifar_ae` / `augment`: nothing is defined in a notebook. Tables are plain `Table`
-objects (HTML in Jupyter and in the exported HTML, Markdown, or aligned text when printed): no pandas.
-
-Committed notebooks carry no outputs; ``python -m cifar_ae.notebooks strip FILE...`` cleans them (also as a
-pre-commit hook and a git clean filter: see .pre-commit-config.yaml and .gitattributes).
+A notebook imports this as ``nb`` and stays a narrative: every cell is a call into `cifar_ae` or `augment`, or
+a cell the reader edits (the trial, the model). Tables are plain `Table` objects (HTML in Jupyter and in the
+exported HTML, Markdown, or aligned text when printed): no pandas. Headless execution lives in
+`cifar_ae.notebooks_run`. Importing this module imports neither TensorFlow nor Keras; `setup` does, quietly.
 """
 from __future__ import annotations
 
-import ast
 import html
 import io
 import json
 import os
 import sys
-import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
-REPO_DIR = Path(__file__).resolve().parent.parent
-NOTEBOOK_DIR = REPO_DIR / "notebooks"
-KERNEL = "python3"
-PARAMETERS = ("PRESET", "SEED", "CIFAR10_DIR", "RUNS", "FORCE")  # every notebook's parameters cell has these
-
-
-@dataclass(frozen=True)
-class NotebookSpec:
-    stem: str                 # notebooks/<stem>.ipynb
-    alias: str                # short name for the command line
-    runs: tuple               # (trial, variant or None) for each run folder the notebook uses
-    title: str
-
-
-# A variant is a trial run with fields changed (run_trial(..., variant="upsampling", model_args={...})). Its run
-# key differs, so it lives in <runs>/<trial>/<preset>-s<seed>-<variant> and never reuses or overwrites the plain run.
-
-NOTEBOOKS = {s.stem: s for s in [
-    NotebookSpec("cifar_classification_v0", "v0", (("v0-mlp-ae", None), ("v0-dense", None), ("v0-conv1d", None)),
-                 "MLP autoencoder, then dense and 1D-CNN classifiers on its features"),
-    NotebookSpec("cifar_classification_v1", "v1",
-                 (("v1-cnn-ae", None), ("v1-cnn-ae", "upsampling"), ("v1-feature-classifier", None)),
-                 "Conv autoencoder (Conv2DTranspose vs UpSampling2D), classifier on frozen features, t-SNE"),
-    NotebookSpec("cifar_classification_v2_no_augmentation", "v2-noaug", (("v2-joint-noaug", None),),
-                 "Joint reconstruction + classification, no augmentation"),
-    NotebookSpec("cifar_classification_v2_with_augmentation_adam", "v2-aug-adam", (("v2-joint-aug-adam", None),),
-                 "Joint training with augmentation and class weights, Adam"),
-    NotebookSpec("cifar_classification_v2_with_augmentation_sgd", "v2-aug-sgd", (("v2-joint-aug-sgd", None),),
-                 "Joint training with augmentation, SGD, two-Dense head"),
-]}
-
-
-class NotebookFailed(ValueError):
-    """A notebook raised while executing; the message names the cell and where the executed copy is."""
-
-
-# --------------------------------------------------------------------------- names and folders
-
-def resolve(names) -> list[NotebookSpec]:
-    """Notebook stems, aliases (v0, v1, v2-noaug, ...), paths or trial names -> specs; none -> all notebooks."""
-    if not names:
-        return list(NOTEBOOKS.values())
-    specs = []
-    for name in names:
-        key = Path(str(name)).name.removesuffix(".ipynb")
-        match = [s for s in NOTEBOOKS.values()
-                 if key in (s.stem, s.alias) or any(t == key and v is None for t, v in s.runs)]
-        if len(match) != 1:
-            valid = ", ".join(f"{s.alias} ({s.stem})" for s in NOTEBOOKS.values())
-            raise ValueError(f"unknown notebook '{name}'; valid notebooks: {valid}.")
-        if match[0] not in specs:
-            specs.append(match[0])
-    return specs
-
-
-def runs_root(runs=None) -> Path:
-    """The trial runs root: `runs`, else $CIFAR_AE_RUNS, else the repo's runs/ (not the notebook's folder)."""
-    return Path(runs or os.environ.get("CIFAR_AE_RUNS") or REPO_DIR / "runs").expanduser().resolve()
-
-
-def output_dir(spec, preset, seed, out=None, runs=None) -> Path:
-    return Path(out or runs_root(runs) / "notebooks") / spec.stem / f"{preset}-s{seed}"
-
-
-def notebook_parameters(path) -> dict:
-    """Names and default values assigned in a notebook's `parameters` cell."""
-    import nbformat
-    nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
-            tree = ast.parse(cell.source)
-            return {t.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
-                    for t in node.targets if isinstance(t, ast.Name)}
-    raise ValueError(f"{path}: no cell tagged 'parameters'.")
-
-
-# --------------------------------------------------------------------------- headless execution
-
-def _check_kernel(kernel):
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-    try:
-        KernelSpecManager().get_kernel_spec(kernel)
-    except NoSuchKernel:
-        raise ValueError(f"no Jupyter kernel named '{kernel}'; install one with `python -m ipykernel install --user`.") from None
-
-
-def _run_record(trial, variant, preset, seed, runs, started, force):
-    run = Path(runs) / trial / (f"{preset}-s{seed}" + (f"-{variant}" if variant else ""))  # cifar_ae.runs' names
-    metrics_path = run / "metrics.json"
-    rec = {"trial": trial, "variant": variant, "run": str(run)}
-    if not metrics_path.is_file():
-        return {**rec, "status": "missing"}
-    m = json.loads(metrics_path.read_text())
-    rec["status"] = "trained" if force or metrics_path.stat().st_mtime >= started else "reused"
-    for k in ("test_accuracy", "balanced_accuracy", "recon_mse", "recon_psnr", "epochs", "train_seconds_this_session", "study"):
-        if k in m:
-            rec[k] = m[k]
-    return rec
-
-
-def _clean_streams(nb):
-    """Merge stream outputs and keep only what a terminal would show after carriage returns (progress bars)."""
-    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
-    nb, _ = CoalesceStreamsPreprocessor().preprocess(nb, {})
-    return nb
-
-
-def export_html(nb, path):
-    from nbconvert import HTMLExporter
-    body, _ = HTMLExporter().from_notebook_node(nb)
-    tmp = Path(path).with_suffix(".html.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    os.replace(tmp, path)
-    return Path(path)
-
-
-def execute(name, preset="quick", seed=0, runs=None, out=None, cifar10_dir=None, force=False, parameters=None,
-            kernel=KERNEL, progress_bar=False) -> dict:
-    """Execute one notebook with papermill; returns the timing record (also written as timing.json).
-
-    The executed notebook and its HTML are written even when a cell fails: then record["ok"] is False and
-    record["error"] says which cell raised what.
-    """
-    import nbformat
-    import papermill as pm
-    from .trials import PRESETS
-    (spec,) = resolve([name])
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset '{preset}'; valid presets: {', '.join(PRESETS)}.")
-    source = NOTEBOOK_DIR / f"{spec.stem}.ipynb"
-    defaults = notebook_parameters(source)
-    params = {**(parameters or {}), "PRESET": preset, "SEED": int(seed), "RUNS": str(runs_root(runs)), "FORCE": bool(force)}
-    if cifar10_dir:
-        params["CIFAR10_DIR"] = str(Path(cifar10_dir).expanduser().resolve())
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown parameter {unknown[0]} for {spec.stem}; valid parameters: {', '.join(defaults)}.")
-    _check_kernel(kernel)
-    folder = output_dir(spec, preset, seed, out, runs)
-    folder.mkdir(parents=True, exist_ok=True)
-    out_nb, out_html = folder / f"{spec.stem}.ipynb", folder / f"{spec.stem}.html"
-
-    started_wall, t0 = time.time(), time.perf_counter()
-    error = None
-    try:
-        pm.execute_notebook(str(source), str(out_nb), parameters=params, kernel_name=kernel, cwd=str(NOTEBOOK_DIR),
-                            progress_bar=progress_bar)
-    except pm.PapermillExecutionError as e:
-        error = f"In [{e.exec_count}] raised {e.ename}: {e.evalue}".splitlines()[0]
-    except Exception as e:  # the kernel died (e.g. out of memory) or would not start
-        error = f"{type(e).__name__}: {e}".splitlines()[0]
-    seconds = time.perf_counter() - t0
-
-    if out_nb.is_file():
-        nb = _clean_streams(nbformat.read(out_nb, as_version=4))
-        nbformat.write(nb, out_nb)
-        export_html(nb, out_html)
-    record = {"notebook": spec.stem, "source": str(source), "preset": preset, "seed": int(seed), "parameters": params,
-              "kernel": kernel, "ok": error is None, "error": error,
-              "started": datetime.fromtimestamp(started_wall, timezone.utc).isoformat(timespec="seconds"),
-              "seconds": round(seconds, 1), "output": str(out_nb), "html": str(out_html),
-              "runs": [_run_record(t, v, preset, seed, Path(params["RUNS"]), started_wall - 1, force) for t, v in spec.runs]}
-    tmp = folder / ".timing.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, folder / "timing.json")
-    return record
-
-
-def _fmt_run(r) -> str:
-    label = r["trial"] + (f" [{r['variant']}]" if r["variant"] else "")
-    if r["status"] == "missing":
-        return f"{label} missing"
-    parts = []
-    if "recon_mse" in r:
-        parts.append(f"MSE {r['recon_mse']:.5f}")
-    if "test_accuracy" in r:
-        parts.append(f"acc {100 * r['test_accuracy']:.1f}%")
-    return f"{label} {' '.join(parts)} ({r['status']})"
-
-
-def parse_params(items) -> dict:
-    """["KEY=VALUE", ...] -> {KEY: python literal or string}."""
-    params = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise ValueError(f"bad parameter '{item}'; write NAME=VALUE, e.g. COMPARE_UPSAMPLING=False.")
-        try:
-            params[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            params[key] = value
-    return params
-
-
-def run_notebooks(names, preset="quick", seed=0, runs=None, out=None, cifar10_dir=None, force=False,
-                  params=(), progress_bar=False) -> list[dict]:
-    """The `notebooks` subcommand: execute each notebook, print one line each; raise NotebookFailed if any failed."""
-    specs = resolve(names)  # every name and parameter is checked before anything runs
-    extra = parse_params(params)
-    declared = {spec.stem: notebook_parameters(NOTEBOOK_DIR / f"{spec.stem}.ipynb") for spec in specs}
-    for key in extra:  # a parameter goes to the notebooks that declare it (e.g. COMPARE_UPSAMPLING: v1 only)
-        if not any(key in d for d in declared.values()):
-            raise ValueError(f"unknown parameter {key} for {', '.join(declared)}; valid parameters: "
-                             f"{', '.join(dict.fromkeys(k for d in declared.values() for k in d))}.")
-    records = []
-    for spec in specs:
-        mine = {k: v for k, v in extra.items() if k in declared[spec.stem]}
-        rec = execute(spec.stem, preset, seed, runs, out, cifar10_dir, force, mine, progress_bar=progress_bar)
-        records.append(rec)
-        status = "ok" if rec["ok"] else f"FAILED ({rec['error']})"
-        print(f"{spec.stem} {preset}-s{seed}: {status} in {rec['seconds']:.1f} s -> {rec['html']}")
-        print("    " + "; ".join(_fmt_run(r) for r in rec["runs"]))
-    failed = [r for r in records if not r["ok"]]
-    if failed:
-        raise NotebookFailed(f"{len(failed)} notebook(s) failed: " + "; ".join(
-            f"{r['notebook']}: {r['error']} (see {r['html']})" for r in failed))
-    return records
-
-
-# --------------------------------------------------------------------------- clean committed notebooks
-
-def strip_notebook(nb):
-    """Drop outputs, execution counts, run-specific metadata and papermill's injected cell; keep tags."""
-    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
-    for cell in nb.cells:
-        for key in ("execution", "papermill", "collapsed", "scrolled", "ExecuteTime"):
-            cell.metadata.pop(key, None)
-        if cell.metadata.get("tags") == []:
-            del cell.metadata["tags"]
-        if cell.cell_type == "code":
-            cell.outputs = []
-            cell.execution_count = None
-    for key in ("papermill", "widgets", "signature"):
-        nb.metadata.pop(key, None)
-    if "language_info" in nb.metadata:
-        nb.metadata["language_info"] = {"name": nb.metadata["language_info"].get("name", "python")}
-    return nb
-
-
-def problems(nb) -> list[str]:
-    """Why a notebook is not clean enough to commit (outputs, execution counts, papermill metadata)."""
-    found = []
-    for i, cell in enumerate(nb.cells):
-        if cell.cell_type == "code" and cell.get("outputs"):
-            found.append(f"cell {i} has outputs")
-        if cell.cell_type == "code" and cell.get("execution_count") is not None:
-            found.append(f"cell {i} has execution count {cell.execution_count}")
-        if "papermill" in cell.metadata or "execution" in cell.metadata:
-            found.append(f"cell {i} has execution metadata")
-    if "papermill" in nb.metadata:
-        found.append("notebook has papermill metadata")
-    return found
-
-
-def _strip_main(argv) -> int:
-    import nbformat
-    if argv[:1] == ["--stdin"]:  # git clean filter: notebook on stdin, stripped notebook on stdout
-        nb = strip_notebook(nbformat.read(sys.stdin, as_version=4))
-        sys.stdout.write(nbformat.writes(nb) + "\n")
-        return 0
-    changed = 0
-    for path in argv:
-        text = Path(path).read_text(encoding="utf-8")
-        nb = strip_notebook(nbformat.reads(text, as_version=4))
-        new = nbformat.writes(nb) + "\n"
-        if new != text:
-            Path(path).write_text(new, encoding="utf-8")
-            print(f"stripped {path}")
-            changed += 1
-    return 1 if changed else 0  # pre-commit: a hook that changed files fails, so the change gets staged
-
+from .notebooks_run import runs_root
 
 # --------------------------------------------------------------------------- notebook helpers: setup and display
 
@@ -321,18 +37,15 @@ def _import_tensorflow_quietly():
         os.close(saved), os.close(devnull)
 
 
-if "ipykernel" in sys.modules:  # in a notebook kernel only; the CLI never imports TensorFlow through this module
-    _import_tensorflow_quietly()
-
-
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return buf.getvalue()
 
 
-def setup(preset, seed, cifar10_dir=None, runs=None) -> Path:
-    """First cell after the parameters: check them, point data and runs, show Figures inline. Returns RUNS."""
+def setup(preset, seed, cifar10_dir=None, runs=None, autoreload=True) -> Path:
+    """First cell after the parameters: check them, point data and runs, show Figures inline, and turn on IPython's
+    autoreload, so an edit to cifar_ae/ or augment/ applies when a cell is rerun (no kernel restart). Returns RUNS."""
     from .trials import PRESETS
     if preset not in PRESETS:
         raise ValueError(f"unknown preset '{preset}'; valid presets: {', '.join(PRESETS)}.")
@@ -340,12 +53,17 @@ def setup(preset, seed, cifar10_dir=None, runs=None) -> Path:
     if cifar10_dir:
         os.environ["CIFAR10_DIR"] = str(Path(cifar10_dir).expanduser())  # an upstream run trained on demand sees it too
     root = runs_root(runs)
+    _import_tensorflow_quietly()
     try:
         from IPython import get_ipython
         from matplotlib.figure import Figure
         ip = get_ipython()
         if ip is not None:  # a bare matplotlib Figure (plots.*, augment.figures.*) renders as a PNG
             ip.display_formatter.formatters["image/png"].for_type(Figure, _png)
+            if autoreload:
+                if not any(e.endswith("autoreload") for e in ip.extension_manager.loaded):
+                    ip.run_line_magic("load_ext", "autoreload")
+                ip.run_line_magic("autoreload", "2")
     except ImportError:
         pass
     settings = PRESETS[preset]
@@ -445,10 +163,12 @@ def class_weight_table(trial, data, method=None) -> Table:
                  "by its class's weight; the reconstruction loss stays unweighted.")
 
 
-def trial_table(name, preset) -> Table:
-    """What a trial is (cifar_ae.trials.TRIALS): model, optimizer, data, augmentation, length at this preset."""
+def trial_table(trial, preset) -> Table:
+    """What a trial is (a name in cifar_ae.trials.TRIALS, or the Trial of the notebook's trial cell): model,
+    optimizer, data, augmentation, length at this preset."""
     from .trials import get_trial
-    t = get_trial(name)
+    t = get_trial(trial) if isinstance(trial, str) else trial
+    name = t.name
     s = t.settings(preset)
     rows = [["description", t.description], ["task / model", f"{t.task} / {t.model}"],
             ["model_args", t.model_args or "defaults"], ["upstream (frozen encoder)", t.upstream or "-"],
@@ -461,6 +181,29 @@ def trial_table(name, preset) -> Table:
     return Table(["field", name], rows)
 
 
+def baseline_run(name, preset, seed, runs):
+    """The trial as registered (the baseline an edited trial cell is compared with): its complete run, else None."""
+    return find_run(name, preset, seed, runs)
+
+
+def compare(baseline, run):
+    """The edited run beside its baseline: training curves overlaid and metrics side by side (cifar_ae.report).
+    Shows the figure and returns the table; says so when there is nothing to compare."""
+    from IPython.display import display
+    from .report import compare_figure, compare_rows, run_name
+    if run is None:
+        print("(no run: skipped)")
+        return None
+    if baseline is None or Path(baseline).resolve() == Path(run).resolve():
+        what = "no baseline run yet" if baseline is None else "this run is the baseline (the trial as registered)"
+        print(f"{what}: edit the trial or model cell (or set CHANGES / VARIANT) and rerun to train a variant beside it")
+        return None
+    display(compare_figure(baseline, run))
+    header, rows = compare_rows(baseline, run)
+    return Table(header, rows, f"baseline {run_name({'run': baseline})} against {run_name({'run': run})}; "
+                               "difference = variant minus baseline.")
+
+
 def find_run(name, preset, seed, runs):
     """The complete run folder of a trial if there is one (e.g. a baseline to compare with), else None."""
     from .training import is_complete, run_dir_for
@@ -468,14 +211,22 @@ def find_run(name, preset, seed, runs):
     return run if is_complete(run) else None
 
 
-def model_summary(name, preset, seed, runs, **overrides):
-    """Build the trial's model as run_trial will (a classifier loads its upstream encoder, frozen) and summarise it."""
-    from .trials import get_trial
-    from .training import build_model
-    model, upstream = build_model(get_trial(name, **overrides), preset, seed, runs)
+def model_summary(trial, preset, seed, runs, upstream=None, **changes):
+    """Build the trial's model as run_trial will (a classifier loads its upstream encoder, frozen, training that
+    autoencoder first if needed; `upstream`: an edited autoencoder Trial) and summarise it, with its training FLOPs
+    per image. `trial`: a name or the notebook's Trial."""
+    from . import compute
+    from .training import build_model, check_buildable, resolve_trial, run_trial
+    t = resolve_trial(trial, **changes)
+    check_buildable(t)
+    upstream_dir = None
+    if t.upstream is not None:
+        upstream_dir = run_trial(upstream if upstream is not None else t.upstream, preset, seed, runs, verbose=0)
+    model, upstream = build_model(t, preset, seed, runs, upstream_dir=upstream_dir)
     if upstream:
         print(f"frozen encoder from {upstream}")
     model.summary(line_length=110)
+    print(f"training: {compute.train_flops_per_image(model) / 1e9:.3f} GFLOP per image (cifar_ae.compute)")
     return None
 
 
@@ -587,7 +338,66 @@ def augmented_samples(images, augmentation, n=8, seed=0):
     return fig
 
 
-if __name__ == "__main__":
-    if sys.argv[1:2] != ["strip"]:
-        sys.exit("usage: python -m cifar_ae.notebooks strip (--stdin | NOTEBOOK...)")
-    sys.exit(_strip_main(sys.argv[2:]))
+# --------------------------------------------------------------------------- beyond the study (v3)
+
+def results_dir(results=None) -> Path:
+    """Where the committed run files and tables are: `results`, else the repo's results/."""
+    from .notebooks_run import REPO_DIR
+    return Path(results).expanduser() if results else REPO_DIR / "results"
+
+
+def tricks_table(trial) -> Table:
+    """Each trick of cifar_ae.tricks.TRICKS: what it does, its value in this trial, and whether it is on."""
+    from .tricks import TRICKS
+    rows = [[field, what, repr(getattr(trial, field)), repr(off), "on" if getattr(trial, field) != off else "off"]
+            for field, what, off in TRICKS]
+    rows.append(["model_args.bn_momentum", "BatchNorm momentum (Keras' default 0.99 lags in short runs)",
+                 repr(trial.model_args.get("bn_momentum", 0.9)), "0.99", ""])
+    return Table(["Trial field", "trick", f"{trial.name}", "off", ""], rows)
+
+
+def ablation_table(root, trial="v3-joint-resnet", preset="quick", seed=0):
+    """The ablation (cifar_ae.ablation) rebuilt from its run folders under root, as Markdown."""
+    from IPython.display import Markdown
+    from .ablation import find_runs, table
+    runs = find_runs(root, trial, preset, seed)
+    if not runs:
+        print(f"no ablation runs under {root}/<row>/{trial}/{preset}-s{seed}*")
+        return None
+    return Markdown(f"{len(runs)} rows from run folders under `{root}` ({preset} preset, seed {seed}):\n\n" +
+                    table(runs)[0])
+
+
+def time_to_accuracy_figure(paths, flops_axis=True):
+    """Test accuracy after each epoch (and against training PFLOPs) from time-to-accuracy JSON files
+    (benchmarks/time_to_accuracy.py); the per-epoch test curve is for reporting, never for choosing."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(10.5, 3.8))
+    ax_e, ax_f = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for c, path in enumerate(paths):
+        path = Path(path)
+        if not path.is_file():
+            continue
+        r = json.loads(path.read_text())
+        curve = r.get("curve", [])
+        epochs = [p["epoch"] for p in curve]
+        acc = [100 * p["test_accuracy"] for p in curve]
+        label = f"{r['trial']} ({r['preset']}, {r.get('epochs')} epochs)"
+        ax_e.plot(epochs, acc, marker="o", ms=3, color=f"C{c}", label=label)
+        per_image = r.get("train_gflops_per_image")
+        if per_image is None and flops_axis:  # a file written before FLOPs were counted: count them now
+            from .training import trial_flops
+            from .trials import get_trial
+            per_image = trial_flops(get_trial(r["trial"])) / 1e9
+        if per_image and flops_axis:
+            ax_f.plot([e * r["train_images"] * per_image / 1e6 for e in epochs], acc, marker="o", ms=3, color=f"C{c}")
+    for ax in (ax_e, ax_f):
+        ax.axhline(86, color="grey", ls=":", lw=1)
+        ax.grid(alpha=0.3)
+        ax.set_ylabel("test accuracy (%)")
+    ax_e.text(1, 86.5, "study's best (v2, 86%)", fontsize=7, color="grey")
+    ax_e.set_xlabel("epoch")
+    ax_f.set_xlabel("training PFLOPs (cifar_ae.compute)")
+    ax_e.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -22,28 +22,81 @@ def save(fig, path):
     return path
 
 
-def training_curves(history: dict) -> Figure:
-    """Loss (and accuracy, where there is a classifier) per epoch, train vs validation."""
-    keys = [k for k in history if not k.startswith("val_") and k not in ("epoch", "learning_rate", "lr")]
-    acc = [k for k in keys if k.endswith("accuracy")]
-    loss = [k for k in keys if k.endswith("loss") or k.endswith("mse")]
-    panels = [p for p in (loss, acc) if p]
-    fig = Figure(figsize=(5.5 * len(panels), 3.8))
-    for i, group in enumerate(panels):
+# One panel per metric, in this order: (title, y label, log scale, how to find its history.csv column). A trial's
+# task decides which exist: an autoencoder has MSE, a classifier loss + accuracy, a joint model all three.
+CURVE_PANELS = (
+    ("label loss (cross-entropy)", "loss", False,
+     lambda h: "label_loss" if "label_loss" in h else ("loss" if "accuracy" in h else None)),
+    ("reconstruction MSE", "MSE", True,
+     lambda h: "reconstruction_mse" if "reconstruction_mse" in h else ("mse" if "mse" in h else None)),
+    ("label accuracy", "accuracy", False,
+     lambda h: "label_accuracy" if "label_accuracy" in h else ("accuracy" if "accuracy" in h else None)),
+)
+
+
+def _panels(history):
+    """[(key, title, ylabel, log)] for the metrics this history has."""
+    found = [(find(history), title, ylabel, log) for title, ylabel, log, find in CURVE_PANELS]
+    found = [p for p in found if p[0] is not None]
+    return found or ([("loss", "loss", "loss", False)] if "loss" in history else [])
+
+
+def _epoch_axis(ax, n):
+    from matplotlib.ticker import MaxNLocator
+    ax.set_xlabel("epoch")
+    if n <= 12:
+        ax.set_xticks(range(1, n + 1))
+        ax.set_xlim(0.5, n + 0.5)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def training_curves(history: dict, title=None) -> Figure:
+    """One panel per metric (label loss, reconstruction MSE, accuracy): train solid, validation dashed, same colour."""
+    return compare_curves({"": history}, title=title)
+
+
+def compare_curves(histories: dict, title=None) -> Figure:
+    """Several runs' curves on shared panels: one colour per run, train solid and validation dashed.
+
+    histories: {label: history dict (column -> values per epoch)}; a single run may use the label "".
+    """
+    from matplotlib.lines import Line2D
+    labels = list(histories)
+    panels = []
+    for h in histories.values():
+        for p in _panels(h):
+            if p[0] not in [q[0] for q in panels]:
+                panels.append(p)
+    panels = panels or [("loss", "loss", "loss", False)]
+    fig = Figure(figsize=(4.6 * len(panels), 3.8))
+    for i, (key, ptitle, ylabel, log) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
-        for k in group:
-            epochs = np.arange(1, len(history[k]) + 1)
-            line, = ax.plot(epochs, history[k], marker="o", ms=3, label=f"train {k}")
-            if f"val_{k}" in history:
-                ax.plot(epochs, history[f"val_{k}"], ls="--", color=line.get_color(), marker="o", ms=3, label=f"val {k}")
-        ax.set_xlabel("epoch")
-        ax.set_title("accuracy" if group is acc else "loss")
-        values = np.concatenate([np.asarray(history[k], float) for k in group])
-        if group is loss and values.min() > 0 and values.max() / values.min() > 10:  # log only for wide ranges
+        n = 1
+        for c, label in enumerate(labels):
+            h = histories[label]
+            if key not in h:
+                continue
+            epochs = np.arange(1, len(h[key]) + 1)
+            n = max(n, len(epochs))
+            ax.plot(epochs, h[key], color=f"C{c}", ls="-", marker="o", ms=3)
+            if f"val_{key}" in h:
+                ax.plot(epochs, h[f"val_{key}"], color=f"C{c}", ls="--", marker="o", ms=3, mfc="white")
+        _epoch_axis(ax, n)
+        ax.set_title(ptitle)
+        ax.set_ylabel(ylabel)
+        values = np.concatenate([np.asarray(h[k], float) for h in histories.values() for k in (key, f"val_{key}")
+                                 if k in h])
+        if log and values.size and values.min() > 0 and values.max() / values.min() > 10:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    handles = [Line2D([], [], color="black", ls="-", label="train"), Line2D([], [], color="black", ls="--",
+                                                                            label="validation")]
+    handles += [Line2D([], [], color=f"C{c}", lw=3, label=label) for c, label in enumerate(labels) if label]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 

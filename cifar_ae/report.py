@@ -169,3 +169,83 @@ def write_study_tables(root, results_dir, preset="study") -> list:
     write_text_atomic(results_dir / "study.md", study_markdown(rows))
     write_json_atomic(results_dir / "study.json", {"rows": rows})
     return [results_dir / "study.md", results_dir / "study.json"]
+
+
+# --------------------------------------------------------------------------- comparing runs (a variant and its baseline)
+
+def load_run(run) -> dict:
+    """A run folder's metrics.json, config.json and history.csv."""
+    run = Path(run)
+    if not (run / "metrics.json").is_file():
+        raise FileNotFoundError(f"{run}: no metrics.json (not a complete run folder); train it with "
+                                "`python -m cifar_ae train NAME`.")
+    metrics = json.loads((run / "metrics.json").read_text())
+    config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    return {"run": run, "metrics": metrics, "config": config, "history": _history(run)}
+
+
+def changed_fields(config) -> dict:
+    """What a run changed against its trial as registered: Trial fields and preset settings (epochs, ...)."""
+    from .runs import NOT_IN_KEY, canonical
+    from .trials import TRIALS
+    t = config.get("trial", {})
+    base = TRIALS.get(t.get("name"))
+    if base is None:
+        return {"trial": "not a registered trial"}
+    reg = canonical(base.to_dict())
+    out = {k: v for k, v in canonical(t).items() if k not in NOT_IN_KEY and reg.get(k) != v}
+    preset = config.get("preset")
+    if preset in PRESETS:
+        reg_settings = canonical(base.settings(preset))
+        out.update({k: v for k, v in canonical(config.get("settings", {})).items()
+                    if k != "workers" and reg_settings.get(k) != v})
+    return out
+
+
+def run_name(r) -> str:
+    """<trial>/<folder>, as the run is found on disk."""
+    return f"{Path(r['run']).parent.name}/{Path(r['run']).name}"
+
+
+def compare_rows(*runs) -> tuple[list, list]:
+    """(header, rows): each run's headline numbers and per-class recall side by side, and the last run minus the
+    first (a variant against its baseline)."""
+    loaded = [r if isinstance(r, dict) else load_run(r) for r in runs]
+    header = ["metric"] + [run_name(r) for r in loaded] + (["difference"] if len(loaded) == 2 else [])
+
+    def row(label, get, fmt, diff_fmt):
+        values = [get(r) for r in loaded]
+        cells = [label] + ["" if v is None else fmt(v) for v in values]
+        if len(loaded) == 2:
+            cells.append("" if None in values else diff_fmt(values[1] - values[0]))
+        return cells
+
+    pct, pts = (lambda v: f"{100 * v:.1f}%"), (lambda d: f"{100 * d:+.1f} pt")
+    m = lambda key: (lambda r: r["metrics"].get(key))  # noqa: E731
+    rows = [["changed", *[", ".join(f"{k}={v}" for k, v in changed_fields(r["config"]).items()) or "(as registered)"
+                          for r in loaded]] + ([""] if len(loaded) == 2 else []),
+            row("test accuracy", m("test_accuracy"), pct, pts),
+            row("balanced accuracy", m("balanced_accuracy"), pct, pts),
+            row("reconstruction MSE", m("recon_mse"), lambda v: f"{v:.5f}", lambda d: f"{d:+.5f}"),
+            row("epochs run", lambda r: r["metrics"].get("epochs"), str, lambda d: f"{d:+d}"),
+            row("best epoch", m("best_epoch"), str, lambda d: f"{d:+d}"),
+            row("training PFLOPs", m("train_pflops"), lambda v: f"{v:.4f}", lambda d: f"{d:+.4f}")]
+    for c in CLASS_NAMES:
+        rows.append(row(f"recall {c}", lambda r, c=c: r["metrics"].get("per_class", {}).get(c, {}).get("recall"),
+                        pct, pts))
+    rows = [r for r in rows if any(cell != "" for cell in r[1:])]
+    return header, rows
+
+
+def compare_markdown(*runs) -> str:
+    header, rows = compare_rows(*runs)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def compare_figure(*runs):
+    """The runs' training curves overlaid (cifar_ae.plots.compare_curves), one colour per run."""
+    from .plots import compare_curves
+    loaded = [r if isinstance(r, dict) else load_run(r) for r in runs]
+    return compare_curves({run_name(r): r["history"] for r in loaded}, title=" vs ".join(run_name(r) for r in loaded))

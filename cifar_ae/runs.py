@@ -80,13 +80,16 @@ def key_fields(trial: Trial, builder_defaults: dict | None = None) -> dict:
 
 
 def run_key(trial: Trial, preset: str, settings: dict, seed: int, precision: str, data: dict,
-            upstream: dict | None = None, builder_defaults: dict | None = None) -> dict:
-    """Everything that decides a run's result (see the module docstring)."""
+            upstream: dict | None = None, builder_defaults: dict | None = None, builder_source: str | None = None) -> dict:
+    """Everything that decides a run's result (see the module docstring). builder_source: a digest of the
+    builder's code, for a builder defined outside cifar_ae.models (a notebook cell), so editing it is a new run."""
     fields = key_fields(trial, builder_defaults)
     fields["precision"] = precision  # "auto" resolved on this machine
-    return canonical({"trial": fields, "preset": preset,
-                      "settings": {k: v for k, v in settings.items() if k not in SPEED_SETTINGS},
-                      "seed": int(seed), "data": data, "upstream": upstream})
+    key = {"trial": fields, "preset": preset, "settings": {k: v for k, v in settings.items() if k not in SPEED_SETTINGS},
+           "seed": int(seed), "data": data, "upstream": upstream}
+    if builder_source is not None:
+        key["builder_source"] = builder_source
+    return canonical(key)
 
 
 def is_registered(trial: Trial, settings: dict, preset: str, builder_defaults: dict | None = None) -> bool:

@@ -105,6 +105,20 @@ def builder_defaults(model: str) -> dict:
             if p.default is not inspect.Parameter.empty}
 
 
+def builder_source(model: str) -> str | None:
+    """For a builder defined outside cifar_ae.models (e.g. in a notebook cell): a digest of its source code (or,
+    without one, of its compiled code), so that editing the function makes a new run. None for the package's own."""
+    fn = M.BUILDERS[model]
+    if getattr(fn, "__module__", None) == M.__name__:
+        return None
+    try:
+        text = inspect.getsource(fn)
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        text = repr((code.co_code, code.co_consts, code.co_names)) if code is not None else repr(fn)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def check_buildable(trial: Trial) -> None:
     """The builder exists and takes the trial's model_args; a classifier's upstream is an autoencoder trial."""
     if trial.model not in M.BUILDERS:
@@ -246,10 +260,11 @@ class RunPlan:
     upstream: "RunPlan | None" = None
 
 
-def plan_run(trial, preset="quick", seed=0, out_dir=None, epochs=None, variant=None, source=None,
+def plan_run(trial, preset="quick", seed=0, out_dir=None, epochs=None, variant=None, source=None, upstream=None,
              **changes) -> RunPlan:
     """Resolve and check a run (trial, changes, preset, seed, epochs, variant, data) and compute its key and folder,
-    without training: a classifier's upstream autoencoder run is planned the same way, for its key."""
+    without training: a classifier's upstream autoencoder run is planned the same way, for its key. `upstream`: a
+    Trial to use as the autoencoder instead of the registered trial named by trial.upstream (an edited one)."""
     trial = resolve_trial(trial, **changes)
     seed = check_seed(seed)
     settings = trial.settings(preset)
@@ -260,12 +275,18 @@ def plan_run(trial, preset="quick", seed=0, out_dir=None, epochs=None, variant=N
     check_buildable(trial)
     precision = H.resolve_precision(trial.precision)
     data = prepare_data(trial, settings, seed, source)
-    upstream = None
+    upstream_trial, upstream = upstream, None
+    if upstream_trial is not None and trial.upstream is None:
+        raise TrialError(f"trial '{trial.name}' reads no frozen encoder: upstream= applies to classifiers only.")
     if trial.upstream is not None:
-        upstream = plan_run(trial.upstream, preset, seed, out_dir, source=source)
-    up_key = None if upstream is None else {"trial": trial.upstream, "key_digest": upstream.key_digest}
+        up = resolve_trial(upstream_trial if upstream_trial is not None else trial.upstream)
+        if up.task != "autoencoder":
+            raise TrialError(f"upstream trial '{up.name}' is not an autoencoder.")
+        upstream = plan_run(up, preset, seed, out_dir, source=source)
+    up_key = None if upstream is None else {"trial": upstream.trial.name, "key_digest": upstream.key_digest}
     defaults = builder_defaults(trial.model)
-    key = R.run_key(trial, preset, settings, seed, precision, data_identity(data), up_key, defaults)
+    key = R.run_key(trial, preset, settings, seed, precision, data_identity(data), up_key, defaults,
+                    builder_source(trial.model))
     key_digest = R.digest(key)
     plain = R.is_registered(trial, settings, preset, defaults)
     folder = R.run_folder(runs_root(out_dir), trial, preset, seed, key_digest, plain, variant)
@@ -273,15 +294,16 @@ def plan_run(trial, preset="quick", seed=0, out_dir=None, epochs=None, variant=N
 
 
 def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=False, callbacks=(),
-              verbose="auto", source=None, variant=None, **changes) -> Path:
+              verbose="auto", source=None, variant=None, upstream=None, **changes) -> Path:
     """Train, evaluate and record one run; returns its folder.
 
     trial: a name in TRIALS or a Trial object (e.g. built in a notebook cell); `changes` are Trial fields
     applied to it (model_args merged). The run's key (cifar_ae.runs) picks its folder: the registered trial at
     the preset's settings keeps <trial>/<preset>-s<seed>, anything else gets a digest suffix or `variant`.
     A complete run with the same key is reused; an unfinished one resumes; `force` retrains that one run.
+    upstream: a Trial to train (or reuse) as a classifier's frozen autoencoder instead of the registered one.
     """
-    plan = plan_run(trial, preset, seed, out_dir, epochs, variant, source, **changes)
+    plan = plan_run(trial, preset, seed, out_dir, epochs, variant, source, upstream, **changes)
     trial, seed, settings, precision, data = plan.trial, plan.seed, plan.settings, plan.precision, plan.data
     key, key_digest, run = plan.key, plan.key_digest, plan.folder
     if not force:
@@ -290,8 +312,8 @@ def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=Fa
             print(f"[{trial.name}] complete run found at {run} (force=True / --force retrains it)")
             return run
     upstream_dir = None
-    if trial.upstream is not None:
-        upstream_dir = run_trial(trial.upstream, preset, seed, out_dir, verbose=verbose, source=source)
+    if plan.upstream is not None:
+        upstream_dir = run_trial(plan.upstream.trial, preset, seed, out_dir, verbose=verbose, source=source)
 
     speed = {"malloc": memory.tune_malloc(), "tf_threads": memory.configure_threads()}
     keras.utils.set_random_seed(seed)  # here, after any upstream training, so the same seed builds the same net

@@ -1,15 +1,7 @@
-"""Training tricks beyond the study, each named by a Trial field and off when that field is unset.
+"""Training tricks beyond the study, each named by a Trial field and off when that field is at its off value.
 
-| Trial field            | trick                                                                  | off      |
-|------------------------|------------------------------------------------------------------------|----------|
-| lr_schedule="onecycle" | linear warm-up to the peak LR over `warmup` of training, cosine decay  | None     |
-| label_smoothing=0.1    | cross-entropy against (1 - eps) one-hot + eps uniform                  | 0.0      |
-| recon_weight=(a, b)    | reconstruction loss weight goes a -> b linearly over the epochs        | None     |
-| batch_sizes=(b1, b2..) | the batch size grows: training is split into equal stages, one size each | None   |
-| tta_flip=True          | test predictions average the image and its mirror                      | False    |
-| precision="auto"       | bf16 compute, float32 variables, only where bf16 is native (cifar_ae.hardware) | "float32" |
-
-benchmarks/ablation.py switches each off in turn (results/ablation.md).
+TRICKS lists them as data (field, what it does, off value): `python -m cifar_ae list` trials use them, the v3
+notebook tables them for its trial, and benchmarks/ablation.py switches each off in turn (results/ablation.md).
 """
 from __future__ import annotations
 
@@ -18,6 +10,16 @@ import math
 import numpy as np
 import keras
 from keras import ops
+
+TRICKS = (  # (Trial field, what it does, its off value)
+    ("lr_schedule", "'onecycle': linear warm-up to the peak LR over `warmup` of training, then cosine decay", None),
+    ("weight_decay", "decoupled (AdamW-style) weight decay", None),
+    ("label_smoothing", "cross-entropy against (1 - eps) one-hot + eps uniform", 0.0),
+    ("recon_weight", "(a, b): the reconstruction loss weight goes a -> b linearly over the epochs", None),
+    ("batch_sizes", "(b1, b2, ..): the batch size grows, one size per equal stage of the epochs", None),
+    ("tta_flip", "test predictions average the image and its mirror", False),
+    ("precision", "'auto': bf16 compute, float32 variables, only where bf16 is native (cifar_ae.hardware)", "float32"),
+)
 
 
 @keras.saving.register_keras_serializable("cifar_ae")

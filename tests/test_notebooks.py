@@ -1,21 +1,29 @@
-"""The research notebooks: committed clean and thin, and every one runs top to bottom on the smoke preset."""
+"""The research notebooks: committed clean, editable trial and model cells, an edited trial trains a variant beside
+the baseline, every notebook runs top to bottom on smoke, and the pinned Jupyter front end and kernel start."""
 import ast
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 
 import nbformat
 import pytest
 
-from cifar_ae import cli
-from cifar_ae import notebooks as nb
-from cifar_ae.trials import TRIALS
+from cifar_ae import cli, notebooks as nb, notebooks_run as nbrun, runs as R, training as TR
+from cifar_ae.trials import TRIALS, get_trial
 
-STEMS = ["cifar_classification_v0", "cifar_classification_v1", "cifar_classification_v2_no_augmentation",
-         "cifar_classification_v2_with_augmentation_adam", "cifar_classification_v2_with_augmentation_sgd"]
+STUDY_STEMS = ["cifar_classification_v0", "cifar_classification_v1", "cifar_classification_v2_no_augmentation",
+               "cifar_classification_v2_with_augmentation_adam", "cifar_classification_v2_with_augmentation_sgd"]
+EDITABLE = STUDY_STEMS + ["beyond_the_study_v3"]  # notebooks with trial and model cells
+STEMS = EDITABLE + ["anomaly_detection"]
 STUDY_NUMBERS = {v for t in TRIALS.values() for v in t.study.values()}
 
 
 def read(stem):
-    return nbformat.read(nb.NOTEBOOK_DIR / f"{stem}.ipynb", as_version=4)
+    return nbformat.read(nbrun.NOTEBOOK_DIR / f"{stem}.ipynb", as_version=4)
 
 
 def code_cells(notebook):
@@ -23,66 +31,73 @@ def code_cells(notebook):
 
 
 def test_registry_lists_exactly_the_notebooks():
-    assert sorted(nb.NOTEBOOKS) == sorted(STEMS)
-    for stem in STEMS:
-        assert (nb.NOTEBOOK_DIR / f"{stem}.ipynb").is_file()
+    assert sorted(nbrun.NOTEBOOKS) == sorted(STEMS)
+    assert sorted(p.stem for p in nbrun.NOTEBOOK_DIR.glob("*.ipynb")) == sorted(STEMS)
 
 
 @pytest.mark.parametrize("stem", STEMS)
 def test_committed_notebook_is_clean(stem):
     notebook = read(stem)
     nbformat.validate(notebook)
-    assert nb.problems(notebook) == [], f"{stem}: run `python -m cifar_ae.notebooks strip notebooks/{stem}.ipynb`"
-    assert notebook.metadata["kernelspec"]["name"] == nb.KERNEL
+    assert nbrun.problems(notebook) == [], f"{stem}: run `python -m cifar_ae.notebooks_run strip notebooks/{stem}.ipynb`"
+    assert notebook.metadata["kernelspec"]["name"] == nbrun.KERNEL
 
 
 @pytest.mark.parametrize("stem", STEMS)
 def test_first_code_cell_holds_the_parameters(stem):
     first = code_cells(read(stem))[0]
     assert "parameters" in first.metadata.get("tags", [])
-    params = nb.notebook_parameters(nb.NOTEBOOK_DIR / f"{stem}.ipynb")
-    assert {k: params[k] for k in nb.PARAMETERS} == {"PRESET": "quick", "SEED": 0, "CIFAR10_DIR": None, "RUNS": None,
-                                                      "FORCE": False}
+    params = nbrun.notebook_parameters(nbrun.NOTEBOOK_DIR / f"{stem}.ipynb")
+    assert {k: params[k] for k in nbrun.PARAMETERS} == {"PRESET": "quick", "SEED": 0, "CIFAR10_DIR": None, "RUNS": None}
+    if stem in EDITABLE:
+        assert {k: params[k] for k in ("FORCE", "VARIANT", "CHANGES")} == {"FORCE": False, "VARIANT": None, "CHANGES": {}}
 
 
 @pytest.mark.parametrize("stem", STEMS)
-def test_notebook_is_thin(stem):
-    """Cells call cifar_ae / augment: no functions, classes or lambdas, and no study number typed in."""
+def test_no_result_number_is_typed_into_a_notebook(stem):
+    """Numbers come from run folders: a study number typed into a cell is an error (functions are allowed)."""
     for cell in code_cells(read(stem)):
         for node in ast.walk(ast.parse(cell.source)):
-            assert not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)), cell.source
             if isinstance(node, ast.Constant) and isinstance(node.value, float):
                 assert node.value not in STUDY_NUMBERS, f"study number {node.value} typed into {stem}: {cell.source}"
 
 
-@pytest.mark.parametrize("stem", STEMS)
-def test_notebook_uses_its_trials(stem):
+@pytest.mark.parametrize("stem", EDITABLE)
+def test_trial_and_model_cells_as_committed_are_the_registered_trial(stem):
+    """Run unedited, the editable cells give the trial as cifar_ae/trials.py defines it: the plain run folder."""
+    ns = {"CHANGES": {}, "get_trial": get_trial}
+    cells = [c.source for c in code_cells(read(stem)) if c.source.startswith(("# The trial:", "# The model:"))]
+    assert len(cells) == 2, stem
+    for source in cells:
+        exec(source, ns)
+    trial = ns["trial"]
+    assert "model_args = dict(" in cells[1] and "trial.replace(model=" in cells[1]
+    assert R.is_registered(trial, trial.settings("quick"), "quick", TR.builder_defaults(trial.model)), stem
     source = "\n".join(c.source for c in code_cells(read(stem)))
-    for trial, _ in nb.NOTEBOOKS[stem].runs:
-        assert f'"{trial}"' in source
-    assert "verbose=1" in source and "nb.study_comparison(" in source
+    assert "variant=VARIANT" in source and f'nb.compare(nb.baseline_run("{trial.name}"' in source
 
 
 def test_strip_removes_outputs_and_counts(tmp_path):
-    notebook = read(STEMS[0])
+    notebook = read(STUDY_STEMS[0])
     cell = code_cells(notebook)[1]
     cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="hi\n")]
     cell.execution_count = 3
     cell.metadata["papermill"] = {"duration": 1.0}
     notebook.metadata["papermill"] = {}
-    assert len(nb.problems(notebook)) == 4
+    assert len(nbrun.problems(notebook)) == 4
     path = tmp_path / "dirty.ipynb"
     nbformat.write(notebook, path)
-    assert nb._strip_main([str(path)]) == 1  # changed a file: a pre-commit hook fails so the change gets staged
-    assert nb.problems(nbformat.read(path, as_version=4)) == []
-    assert nb._strip_main([str(path)]) == 0
+    assert nbrun._strip_main([str(path)]) == 1  # changed a file: a pre-commit hook fails so the change gets staged
+    assert nbrun.problems(nbformat.read(path, as_version=4)) == []
+    assert nbrun._strip_main([str(path)]) == 0
     assert "parameters" in code_cells(nbformat.read(path, as_version=4))[0].metadata["tags"]
 
 
 def test_names_and_aliases_resolve():
-    assert [s.stem for s in nb.resolve(["v0", "cifar_classification_v1.ipynb", "v2-joint-aug-sgd"])] == \
-        ["cifar_classification_v0", "cifar_classification_v1", "cifar_classification_v2_with_augmentation_sgd"]
-    assert [s.stem for s in nb.resolve([])] == list(nb.NOTEBOOKS)
+    assert [s.stem for s in nbrun.resolve(["v0", "cifar_classification_v1.ipynb", "v2-joint-aug-sgd", "anomaly", "v3"])] \
+        == ["cifar_classification_v0", "cifar_classification_v1", "cifar_classification_v2_with_augmentation_sgd",
+            "anomaly_detection", "beyond_the_study_v3"]
+    assert [s.stem for s in nbrun.resolve([])] == list(nbrun.NOTEBOOKS)
 
 
 def test_unknown_notebook_is_a_one_line_error(capsys):
@@ -104,7 +119,7 @@ def test_failing_notebook_is_reported_and_still_exported(tmp_path, monkeypatch, 
     broken.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     (tmp_path / "nb").mkdir()
     nbformat.write(broken, tmp_path / "nb" / "cifar_classification_v0.ipynb")
-    monkeypatch.setattr(nb, "NOTEBOOK_DIR", tmp_path / "nb")
+    monkeypatch.setattr(nbrun, "NOTEBOOK_DIR", tmp_path / "nb")
     assert cli.main(["notebooks", "--preset", "smoke", "--runs", str(tmp_path / "runs"), "v0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: 1 notebook(s) failed: cifar_classification_v0: In [3] raised RuntimeError: boom (see ")
@@ -138,7 +153,7 @@ def smoke_runs(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stem", STEMS)
+@pytest.mark.parametrize("stem", EDITABLE)
 def test_notebook_runs_top_to_bottom_on_smoke(stem, smoke_runs, cifar_dir, capsys):
     assert cli.main(["notebooks", "--preset", "smoke", "--runs", str(smoke_runs), "--data", cifar_dir, stem]) == 0
     folder = smoke_runs / "notebooks" / stem / "smoke-s0"
@@ -149,12 +164,89 @@ def test_notebook_runs_top_to_bottom_on_smoke(stem, smoke_runs, cifar_dir, capsy
     outputs = [o for c in code_cells(executed) for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4  # curves, reconstructions, confusion, ...
-    tables = [o.data["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
-    assert any("| run | preset | metric | this run | study |" in t for t in tables)
+    if stem in STUDY_STEMS:
+        tables = [o.data["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
+        assert any("| run | preset | metric | this run | study |" in t for t in tables)
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "this run is the baseline" in text  # nothing edited: the comparison cell says so
     assert (folder / f"{stem}.html").stat().st_size > 10_000
-    assert "\r" not in "".join(o.get("text", "") for o in outputs)  # progress bars collapsed to their last state
+    assert "\r" not in text  # progress bars collapsed to their last state
     assert "ok in" in capsys.readouterr().out
-    if stem == "cifar_classification_v1":  # the UpSampling2D variant has its own folder; the plain run is untouched
-        plain = json.loads((smoke_runs / "v1-cnn-ae" / "smoke-s0" / "config.json").read_text())
+    if stem == "cifar_classification_v1":  # the UpSampling2D variant has its own folder beside the plain run
         variant = json.loads((smoke_runs / "v1-cnn-ae" / "smoke-s0-upsampling" / "config.json").read_text())
-        assert plain["trial"]["model_args"] == {} and variant["trial"]["model_args"] == {"upsampling": "upsampling"}
+        assert (smoke_runs / "v1-cnn-ae" / "smoke-s0" / "metrics.json").is_file()
+        assert variant["trial"]["model_args"]["upsampling"] == "upsampling"
+
+
+@pytest.mark.slow
+def test_an_edited_trial_trains_a_variant_beside_the_untouched_baseline(tmp_path, cifar_dir, capsys):
+    """The notebook run twice through papermill: as committed, then with a learning rate injected."""
+    runs, stem = tmp_path / "runs", "cifar_classification_v2_no_augmentation"
+    assert cli.main(["notebooks", "--preset", "smoke", "--runs", str(runs), "--data", cifar_dir, stem]) == 0
+    baseline = runs / "v2-joint-noaug" / "smoke-s0"
+    before = (baseline / "metrics.json").read_bytes(), (baseline / "metrics.json").stat().st_mtime_ns
+    assert cli.main(["notebooks", "--preset", "smoke", "--runs", str(runs), "--data", cifar_dir, stem,
+                     "--out", str(tmp_path / "edited"), "-p", "CHANGES={'learning_rate': 0.01}"]) == 0
+    folders = sorted(p.name for p in (runs / "v2-joint-noaug").iterdir())
+    assert len(folders) == 2 and folders[0] == "smoke-s0" and folders[1].startswith("smoke-s0-")
+    variant = runs / "v2-joint-noaug" / folders[1]
+    assert json.loads((variant / "config.json").read_text())["trial"]["learning_rate"] == 0.01
+    assert ((baseline / "metrics.json").read_bytes(), (baseline / "metrics.json").stat().st_mtime_ns) == before
+    executed = nbformat.read(tmp_path / "edited" / stem / "smoke-s0" / f"{stem}.ipynb", as_version=4)
+    compare = next(c for c in code_cells(executed) if c.source.startswith("nb.compare("))
+    shown = "".join(o.get("data", {}).get("text/markdown", "") for o in compare.outputs)
+    assert "v2-joint-noaug/smoke-s0" in shown and f"v2-joint-noaug/{folders[1]}" in shown
+    assert "learning_rate=0.01" in shown and any("image/png" in o.get("data", {}) for o in compare.outputs)
+
+
+def test_compare_command_tables_two_runs(tmp_path, capsys):
+    for name, acc in (("a", 0.5), ("b", 0.6)):
+        run = tmp_path / "v2-joint-noaug" / f"smoke-s0-{name}"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"test_accuracy": acc, "recon_mse": 0.01, "epochs": 2}))
+        (run / "history.csv").write_text("epoch,label_loss,val_label_loss,label_accuracy,val_label_accuracy\n0,2,2,0.3,0.3\n"
+                                         "1,1.5,1.6,0.5,0.45\n")
+    a, b = tmp_path / "v2-joint-noaug" / "smoke-s0-a", tmp_path / "v2-joint-noaug" / "smoke-s0-b"
+    assert cli.main(["compare", str(a), str(b), "--figure", str(tmp_path / "c.png")]) == 0
+    out = capsys.readouterr().out
+    assert "| test accuracy | 50.0% | 60.0% | +10.0 pt |" in out and (tmp_path / "c.png").stat().st_size > 10_000
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_pinned_front_end_and_its_kernel_start(tmp_path):
+    """JupyterLab (requirements.txt) answers on loopback, and the README's kernel executes a notebook via nbclient."""
+    from nbclient import NotebookClient
+    version = subprocess.run(["jupyter", "lab", "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    assert version == "4.6.6"
+    port, token = _free_port(), "t0ken"
+    server = subprocess.Popen(["jupyter", "lab", "--no-browser", "--ip", "127.0.0.1", "--port", str(port),
+                               f"--ServerApp.token={token}", f"--ServerApp.root_dir={tmp_path}"]
+                              + (["--allow-root"] if os.geteuid() == 0 else []),  # CI containers run as root
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    try:
+        deadline, status = time.time() + 90, None
+        while time.time() < deadline and status is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=5) as r:
+                    status = json.loads(r.read())
+            except OSError:
+                assert server.poll() is None, "jupyter lab exited"
+                time.sleep(1)
+        assert status is not None and "started" in status
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/lab?token={token}", timeout=10) as r:
+            assert r.status == 200 and b"JupyterLab" in r.read()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("from cifar_ae import notebooks as nb\nnb.setup('smoke', 0)"),
+        nbformat.v4.new_code_cell("import sys\nloaded = get_ipython().extension_manager.loaded\n"
+                                  "print(any(e.endswith('autoreload') for e in loaded), sys.executable)")])
+    NotebookClient(notebook, kernel_name=nbrun.KERNEL, timeout=300).execute()
+    out = notebook.cells[1].outputs[0]["text"]
+    assert out.startswith("True") and os.path.realpath(out.split()[1]) == os.path.realpath(sys.executable)

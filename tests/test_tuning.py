@@ -187,11 +187,12 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_chief_and_two_workers_share_one_search(tmp_path, cifar_dir):
+@pytest.mark.parametrize("tuner", ["random", "grid"])
+def test_chief_and_two_workers_share_one_search(tmp_path, cifar_dir, tuner):
     """keras-tuner's chief/worker mode on localhost: both workers run trials, all land in the chief's oracle."""
     port, max_trials = _free_port(), 2  # one trial each: workers start together, a trial takes ~15 s
     runs, results = tmp_path / "runs", tmp_path / "results"
-    base = [sys.executable, "-m", "cifar_ae", "tune", "--tuner", "random", "--max-trials", str(max_trials),
+    base = [sys.executable, "-m", "cifar_ae", "tune", "--tuner", tuner, "--max-trials", str(max_trials),
             "--preset", "smoke", "--out", str(runs), "--results", str(results), "--save-trial", "tuned-dist",
             "--oracle-ip", "127.0.0.1", "--oracle-port", str(port)]
     env, procs, logs = _env(tmp_path), {}, {}
@@ -236,7 +237,7 @@ def test_chief_and_two_workers_share_one_search(tmp_path, cifar_dir):
         for f in logs.values():
             f.close()
 
-    records = _trial_records(runs / "tuning" / "joint-random-smoke-s0")
+    records = _trial_records(runs / "tuning" / f"joint-{tuner}-smoke-s0")
     assert len(records) == max_trials, "\n".join(tail(n) for n in procs)
     assert all(t["status"] == "COMPLETED" for t, _ in records.values())
     ran_by = [side["tuner_id"] for _, side in records.values()]
@@ -247,3 +248,28 @@ def test_chief_and_two_workers_share_one_search(tmp_path, cifar_dir):
     assert summary["best"]["test"]["model_from"] == "retrained and re-scored by the chief"
     assert summary["best"]["scored_by"] == "chief" and len(summary["rescored"]) == max_trials
     assert "this worker ran" in (tmp_path / "w0.log").read_text()
+
+
+@pytest.mark.slow
+def test_grid_search_enumerates_the_listed_space_and_resumes(tmp_path, cifar_dir, monkeypatch):
+    from cifar_ae import tuning as T
+    for k in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(trials, "TRIALS", dict(TRIALS))
+    monkeypatch.setattr(trials, "TUNED_NAMES", set())
+    kw = dict(tuner="grid", preset="smoke", model="joint", seed=0, runs_dir=tmp_path / "runs", verbose=0,
+              command="test")
+    T.run_search(max_trials=1, **kw)
+    first = _trial_records(tmp_path / "runs" / "tuning" / "joint-grid-smoke-s0")
+    summary = T.run_search(max_trials=2, **kw)  # continues: trial 0 is kept, the next grid point runs
+    after = _trial_records(tmp_path / "runs" / "tuning" / "joint-grid-smoke-s0")
+    assert list(after) == ["trial_0", "trial_1"] and after["trial_0"] == first["trial_0"]
+    points = [r["hyperparameters"] for r in summary["trials"]]
+    assert points[0] != points[1]
+    for p in points:
+        assert p["encoder_blocks"] in (2, 3) and p["batch_size"] in (64, 128)
+        assert p.get("learning_rate_adam", 1e-3) in (3e-4, 1e-3, 3e-3)
+    project = tmp_path / "runs" / "tuning" / "joint-grid-smoke-s0"
+    assert (project / "tuning.json").is_file() and (project / "tuned_trials.json").is_file()  # not results/
+    assert "grid" in subprocess.run([sys.executable, "-m", "cifar_ae", "tune", "--help"], capture_output=True,
+                                    text=True).stdout
