@@ -13,7 +13,6 @@ only from run folders; ``--keep`` copies their small files (config, metrics, his
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path

@@ -230,7 +230,8 @@ def resnet_joint(width=32, head_depth=1, bn_momentum=0.9, decoder="convt", patch
     residual stages: stem(w) @32 -> stage(2w) @16 (+res) -> conv(4w) + pool @8 = `features`;
     head: residual block(s) @8 -> stage(8w) @4 (+res) -> global max-pool -> Dense.
     BatchNorm momentum 0.9 (Keras' default is 0.99): with ~160 steps an epoch the slower moving
-    statistics lagged the weights so far that a 2-epoch run scored 28% on test while training at ~50%.
+    statistics lag the weights in short runs and inference-mode BatchNorm uses stale statistics (the
+    ablation's bn-momentum-0.99 row, results/ablation.md).
     decoder: "convt" (the study's two Conv2DTranspose layers) or "residual" (a residual block @8, then
     v3-cnn-ae's linear 4x4 'unpatchify'), which reconstructs finer detail for little compute at 8x8;
     patch_channels: a linear patch path in the code (see resnet_encoder), for reconstruction.

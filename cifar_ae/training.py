@@ -27,6 +27,7 @@ import keras
 from . import compute as C, data as D, evaluate as E, hardware as H, memory, models as M, plots as P, resume as S, \
     runs as R, tricks as T
 from .batches import ArrayBatches
+from .optim import LR_SCHEDULES, OPTIMIZERS
 from .runinfo import command_line
 from .trials import Trial, TrialError, check_epochs, check_seed, get_trial
 
@@ -66,6 +67,9 @@ def prepare_data(trial, settings, seed, source=None) -> dict:
         x, y, _ = D.make_balanced(d.x_train, d.y_train)
     else:  # "full" (Trial validates the field)
         x, y = d.x_train, d.y_train
+    if trial.train_classes:  # training (and hold-out) images of these classes only; the test set stays whole
+        keep = np.isin(y, [D.class_index(c) for c in trial.train_classes])
+        x, y = x[keep], y[keep]
     x_test, y_test = _take(d.x_test, d.y_test, settings["test_images"], seed)
     if trial.validation == "test":  # the study's choice: validation curves on (a slice of) the test set
         x_val, y_val = _take(x_test, y_test, settings["val_images"], seed)
@@ -166,27 +170,19 @@ def trial_flops(trial) -> int:
     return C.train_flops_per_image(model)
 
 
-def make_optimizer(trial):
-    kw = {"weight_decay": trial.weight_decay} if trial.weight_decay else {}
-    if trial.optimizer == "adam":
-        return keras.optimizers.Adam(trial.learning_rate, **kw)
-    if trial.optimizer == "adamw":
-        return keras.optimizers.AdamW(trial.learning_rate, **kw)
-    return keras.optimizers.SGD(trial.learning_rate, momentum=0.9, nesterov=True, **kw)  # "sgd"
-
-
 def label_loss(trial):
     return T.SmoothedSparseCE(trial.label_smoothing) if trial.label_smoothing else "sparse_categorical_crossentropy"
 
 
 def compile_model(model, trial):
+    optimizer = OPTIMIZERS[trial.optimizer](trial.learning_rate, trial.weight_decay)
     if trial.task == "autoencoder":
-        model.compile(make_optimizer(trial), loss="mse", metrics=["mse"])
+        model.compile(optimizer, loss="mse", metrics=["mse"])
     elif trial.task == "classifier":
-        model.compile(make_optimizer(trial), loss=label_loss(trial), metrics=["accuracy"])
+        model.compile(optimizer, loss=label_loss(trial), metrics=["accuracy"])
     else:  # "joint"
         recon = T.WeightedMSE(trial.recon_weight[0]) if trial.recon_weight else "mse"
-        model.compile(make_optimizer(trial), loss={"reconstruction": recon, "label": label_loss(trial)},
+        model.compile(optimizer, loss={"reconstruction": recon, "label": label_loss(trial)},
                       loss_weights=trial.loss_weights, metrics={"reconstruction": ["mse"], "label": ["accuracy"]})
     return model
 
@@ -234,8 +230,7 @@ def _batches(trial, data, settings, seed, train: bool, batch_size=None):
         from augment import make_augmenter
         transform = make_augmenter(trial.augmentation)
     if trial.class_weight and trial.task != "autoencoder":
-        cw = D.class_weights(data["y_train"], trial.class_weight)
-        sample_weight = np.array([cw[int(c)] for c in data["y_train"]], np.float32)
+        sample_weight = D.sample_weights(data["y_train"], trial.class_weight)
     workers = H.usable_cores() if transform is not None else 1
     # threads, not processes: the augmenter's numpy kernels and Pillow release the GIL, and threads skip
     # pickling every batch (benchmarks/augment_throughput.py: 1.3-1.5x the throughput of 2 processes)
@@ -379,13 +374,9 @@ def distribution_scope(strategy):
 
 def trick_callbacks(trial, model, settings):
     """The trial's schedules and the preset's early stopping; ReduceLROnPlateau only when no LR schedule is set."""
-    cbs = []
     monitor, mode = monitor_for(trial.task)
     epochs = settings["epochs"]
-    if trial.lr_schedule == "onecycle":
-        cbs.append(T.OneCycleLR(trial.learning_rate, epochs, trial.warmup))
-    else:
-        cbs.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=0.5, patience=3, min_lr=1e-5))
+    cbs = [LR_SCHEDULES[trial.lr_schedule](trial, settings, monitor, mode)]
     if trial.recon_weight and trial.task == "joint":
         cbs.append(T.ReconWeightSchedule(model.loss["reconstruction"], *trial.recon_weight, epochs))
     if settings.get("early_stopping"):  # best weights come back from the run's best checkpoint, not from memory

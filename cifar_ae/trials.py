@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 from pathlib import Path
 
+from .optim import LR_SCHEDULES, OPTIMIZERS
+
 PRESETS = {
     # train_images: None = the whole training subset; test_images: None = the full 10,000-image test set;
     # early_stopping: patience in epochs on the validation metric (None: train every epoch)
@@ -95,6 +97,12 @@ def _augmentation(v):
     return True
 
 
+def _class_names(v):
+    from .data import CLASS_NAMES
+    return v is None or (isinstance(v, (tuple, list)) and len(v) >= 1 and all(c in CLASS_NAMES for c in v)
+                         and len(set(v)) == len(v))
+
+
 def _presets(v):
     return isinstance(v, dict) and all(p in PRESETS and isinstance(s, dict) and set(s) <= set(SETTING_KEYS)
                                        for p, s in v.items())
@@ -109,17 +117,18 @@ FIELDS = {
     "model_args": _mapping(),
     "upstream": ("None or the name of an autoencoder trial", lambda v: v is None or _name(v)),
     "feature_layer": ("a layer name", lambda v: isinstance(v, str) and bool(v)),
-    "optimizer": _options("adam", "adamw", "sgd"),
+    "optimizer": _options(*OPTIMIZERS),
     "learning_rate": _number(0, 10, low_open=True),
     "batch_size": _number(1, 65536, kind=Integral),
     "train_set": _options("imbalanced", "balanced", "full"),
+    "train_classes": ("None or a tuple of distinct CIFAR-10 class names", _class_names),
     "validation": _options("holdout", "test"),
     "scaling": _options("unit", "mean", "zscore"),
     "augmentation": ("None, a policy name or a dict of augment.make_augmenter keys", _augmentation),
     "class_weight": _options(None, "inverse", "effective"),
     "loss_weights": _mapping({"reconstruction", "label"}, _nonneg, none=True),
     "weight_decay": _number(0, 1, none=True),
-    "lr_schedule": _options(None, "onecycle"),
+    "lr_schedule": _options(*LR_SCHEDULES),
     "warmup": _number(0, 1),
     "label_smoothing": _number(0, 0.99),
     "recon_weight": ("None or a (start, end) pair of numbers >= 0", _pair_or_none),
@@ -131,7 +140,7 @@ FIELDS = {
                 f"{list(SETTING_KEYS)}", _presets),
     "study": _mapping(),
 }
-TUPLE_FIELDS = ("recon_weight", "batch_sizes")  # JSON gives lists back; a Trial keeps tuples
+TUPLE_FIELDS = ("recon_weight", "batch_sizes", "train_classes")  # JSON gives lists back; a Trial keeps tuples
 
 
 def check_field(trial_name, key, value):
@@ -175,6 +184,7 @@ class Trial:
     learning_rate: float = 1e-3
     batch_size: int = 128
     train_set: str = "imbalanced"   # "imbalanced" (the study's) | "balanced" (2,500 per class) | "full"
+    train_classes: tuple | None = None  # train on these classes only (e.g. one-class anomaly detection)
     validation: str = "holdout"     # "holdout": stratified slice of the training subset | "test": as the study did
     scaling: str = "unit"           # "unit" (/255) | "mean" | "zscore" — classifier input only
     augmentation: dict | None = None

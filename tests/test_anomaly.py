@@ -109,8 +109,15 @@ def test_ssim_distance_zero_for_identical_and_higher_for_noise():
 
 def test_tiny_autoencoder_scores_noise_as_anomalous():
     smooth = smooth_images(192)
-    model = A.train_autoencoder(smooth, epochs=12, batch_size=32, learning_rate=3e-3,
-                                model_args={"filters": (8, 16)}, seed=0)
+    import keras
+    from augment import make_augmenter
+    from cifar_ae import models as M
+    from cifar_ae.batches import ArrayBatches
+    keras.utils.set_random_seed(0)
+    model = M.conv_autoencoder(filters=(8, 16))
+    model.compile(keras.optimizers.Adam(3e-3), loss="mse")
+    flip = make_augmenter({"policy": None, "flip": True, "translate": 0})
+    model.fit(ArrayBatches(smooth, None, batch_size=32, targets="reconstruction", transform=flip), epochs=12, verbose=0)
     scorer = A.AnomalyScorer(model, tta=True).fit(smooth[:160], smooth[160:])
     assert scorer.names == ["mse", "ssim", "mahalanobis", "mahalanobis_l2", "mahalanobis_stats_l2", "mse+mahalanobis"]
     normal, odd = scorer.score(smooth_images(16, seed=5)), scorer.score(noise_images(16))
@@ -170,7 +177,7 @@ def test_auroc_table_and_markdown():
                        "is_anomalous": y}}
     table = A.auroc_table(results, ["cat"])
     assert table == {"mse": {"cat": 100.0, "mean": 100.0}, "ssim": {"cat": 0.0, "mean": 0.0}}
-    md = A.markdown_table(table, ["cat"], {"cat": 59.1, "mean": 64.8}, "Deep SVDD")
+    md = A.auroc_markdown(table, ["cat"], {"cat": 59.1, "mean": 64.8}, "Deep SVDD")
     assert "| mse | **100.0** | **100.0** |" in md and "| Deep SVDD | 59.1 | 64.8 |" in md
 
 

@@ -1,5 +1,5 @@
 """Hostile and broken CIFAR-10 batch files: every one is refused with one line naming the file, before numpy
-builds anything from it; none crashes the process (cifar_ae.data.safe_unpickle and _read_batch)."""
+builds anything from it; none crashes the process (cifar_ae.batchfile)."""
 import json
 import os
 import pickle
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar_ae import data as D
+from cifar_ae import batchfile as B, data as D
 from numpy._core import multiarray
 
 FUZZ_SEED = 20261201
@@ -61,10 +61,10 @@ def billion_laughs(levels=7, width=12):
 
 
 def test_valid_batch_loads_and_a_numpy_written_one_too(tmp_path):
-    images, labels, names = D._read_batch(write(tmp_path / "b", batch_dict()))
+    images, labels, names = B.read_batch(write(tmp_path / "b", batch_dict()))
     assert images.shape == (12, 32, 32, 3) and images.dtype == np.uint8 and labels.dtype == np.int64
     as_array = batch_dict(labels=np.arange(12) % 10)  # labels as a 1-D int array, protocol 4
-    _, labels, _ = D._read_batch(write(tmp_path / "c", as_array, protocol=4))
+    _, labels, _ = B.read_batch(write(tmp_path / "c", as_array, protocol=4))
     assert labels.tolist() == (np.arange(12) % 10).tolist()
 
 
@@ -109,31 +109,31 @@ def test_hostile_or_broken_batches_get_one_line_errors(tmp_path, case, message):
         d[b"data"] = Reduce(os.system, ("echo pwned",))
     path = write(tmp_path / "data_batch_1", d)
     with pytest.raises(D.DataError, match=message) as e:
-        D._read_batch(path)
+        B.read_batch(path)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
 
 
 def test_dtype_records_with_fields_or_objects_are_refused():
     for state in NASTY_DTYPE_STATES:
-        record = D._PickledDtype("u1", False, True)
+        record = B._PickledDtype("u1", False, True)
         record.__setstate__(state)
         with pytest.raises(D.DataError, match="not a plain integer type"):
-            D._plain_dtype(record, "f", "b'data'")
-    ok = D._PickledDtype("<i8", False, True)
+            B._plain_dtype(record, "f", "b'data'")
+    ok = B._PickledDtype("<i8", False, True)
     ok.__setstate__((3, "<", None, None, None, -1, -1, 0))
     with pytest.raises(D.DataError):  # "<i8" is not a bare type name as numpy pickles it ("i8")
-        D._plain_dtype(ok, "f", "b'data'")
-    ok = D._PickledDtype("i8", False, True)
+        B._plain_dtype(ok, "f", "b'data'")
+    ok = B._PickledDtype("i8", False, True)
     ok.__setstate__((3, "<", None, None, None, -1, -1, 0))
-    assert D._plain_dtype(ok, "f", "b'data'") == np.dtype("<i8")
+    assert B._plain_dtype(ok, "f", "b'data'") == np.dtype("<i8")
 
 
 def test_an_oversized_file_is_refused_before_it_is_read(tmp_path):
     path = tmp_path / "data_batch_1"
     with open(path, "wb") as f:
-        f.truncate(D.MAX_PICKLE_BYTES + 1)
+        f.truncate(B.MAX_PICKLE_BYTES + 1)
     with pytest.raises(D.DataError, match="more than any CIFAR-10 batch"):
-        D._read_batch(path)
+        B.read_batch(path)
 
 
 # --------------------------------------------------------------------------- fuzz: mutations in child processes
@@ -141,14 +141,14 @@ def test_an_oversized_file_is_refused_before_it_is_read(tmp_path):
 DRIVER = textwrap.dedent("""
     # For each case file: fork, load it in the child, report; a child killed by a signal is reported as such.
     import json, os, sys
-    from cifar_ae import data as D
+    from cifar_ae import batchfile as B, data as D
     for path in sys.argv[1:]:
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(r)
             try:
-                D._read_batch(path)
+                B.read_batch(path)
                 msg = "ok"
             except D.DataError as e:
                 msg = "error " + str(e)

@@ -11,7 +11,7 @@ import pytest
 
 from cifar_ae import tricks as T
 from cifar_ae.training import run_trial
-from cifar_ae.trials import TRIALS
+
 
 
 def test_onecycle_warms_up_then_decays():
