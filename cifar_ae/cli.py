@@ -33,22 +33,8 @@ def cmd_list(args):
         print(f"{t.name:<{width}}  {gflops}  {epochs:<14} study: {study:<22} {t.description}")
 
 
-def parse_assignments(items) -> dict:
-    """["FIELD=VALUE", ...] -> {FIELD: Python literal (or the plain string)}, e.g. learning_rate=3e-4."""
-    import ast
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise ValueError(f"bad --set {item!r}; write FIELD=VALUE, e.g. --set learning_rate=3e-4.")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
-
 def cmd_train(args):
+    from .runinfo import parse_assignments
     from .training import run_trial
     run = run_trial(args.name, args.preset, args.seed, args.out, epochs=args.epochs, force=args.force,
                     verbose=1 if sys.stdout.isatty() else 2, variant=args.variant, **parse_assignments(args.set))

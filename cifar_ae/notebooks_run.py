@@ -212,25 +212,12 @@ def _fmt_run(r) -> str:
     return f"{label} {' '.join(parts)} ({r['status']})"
 
 
-def parse_params(items) -> dict:
-    """["KEY=VALUE", ...] -> {KEY: python literal or string}."""
-    params = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise ValueError(f"bad parameter '{item}'; write NAME=VALUE, e.g. COMPARE_UPSAMPLING=False.")
-        try:
-            params[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            params[key] = value
-    return params
-
-
 def run_notebooks(names, preset="quick", seed=0, runs=None, out=None, cifar10_dir=None, force=False,
                   params=(), progress_bar=False) -> list[dict]:
     """The `notebooks` subcommand: execute each notebook, print one line each; raise NotebookFailed if any failed."""
     specs = resolve(names)  # every name and parameter is checked before anything runs
-    extra = parse_params(params)
+    from .runinfo import parse_assignments
+    extra = parse_assignments(params, "-p", "COMPARE_UPSAMPLING=False")
     declared = {spec.stem: notebook_parameters(NOTEBOOK_DIR / f"{spec.stem}.ipynb") for spec in specs}
     for key in extra:  # a parameter goes to the notebooks that declare it (e.g. COMPARE_UPSAMPLING: v1 only)
         if not any(key in d for d in declared.values()):

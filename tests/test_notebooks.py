@@ -3,7 +3,6 @@ the baseline, every notebook runs top to bottom on smoke, and the pinned Jupyter
 import ast
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import urllib.request
 
 import nbformat
 import pytest
+from conftest import free_port
 
 from cifar_ae import cli, notebooks as nb, notebooks_run as nbrun, runs as R, training as TR
 from cifar_ae.trials import TRIALS, get_trial
@@ -212,10 +212,6 @@ def test_compare_command_tables_two_runs(tmp_path, capsys):
     assert "| test accuracy | 50.0% | 60.0% | +10.0 pt |" in out and (tmp_path / "c.png").stat().st_size > 10_000
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_pinned_front_end_and_its_kernel_start(tmp_path):
@@ -223,7 +219,7 @@ def test_the_pinned_front_end_and_its_kernel_start(tmp_path):
     from nbclient import NotebookClient
     version = subprocess.run(["jupyter", "lab", "--version"], capture_output=True, text=True, check=True).stdout.strip()
     assert version == "4.6.6"
-    port, token = _free_port(), "t0ken"
+    port, token = free_port(), "t0ken"
     server = subprocess.Popen(["jupyter", "lab", "--no-browser", "--ip", "127.0.0.1", "--port", str(port),
                                f"--ServerApp.token={token}", f"--ServerApp.root_dir={tmp_path}"]
                               + (["--allow-root"] if os.geteuid() == 0 else []),  # CI containers run as root

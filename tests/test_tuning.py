@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import free_port, tuning_env
+
 import numpy as np
 import pytest
 
@@ -113,12 +115,6 @@ def test_tuned_trials_join_trials_but_never_replace_study_ones(tmp_path, monkeyp
 
 # --------------------------------------------------------------------------- searches (smoke preset)
 
-def _env(tmp_path):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", "CIFAR_AE_TUNE_COMMAND": "",
-           "CIFAR_AE_TUNED_TRIALS": str(tmp_path / "results" / "tuned_trials.json")}
-    for k in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
-        env.pop(k, None)
-    return env
 
 
 def _trial_records(project):
@@ -180,22 +176,18 @@ def test_search_resumes_writes_results_and_saves_a_trial_that_reruns_by_name(tmp
     assert metrics["trial"] == "tuned-test" and 0 <= metrics["test_accuracy"] <= 1
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tuner", ["random", "grid"])
 def test_chief_and_two_workers_share_one_search(tmp_path, cifar_dir, tuner):
     """keras-tuner's chief/worker mode on localhost: both workers run trials, all land in the chief's oracle."""
-    port, max_trials = _free_port(), 2  # one trial each: workers start together, a trial takes ~15 s
+    port, max_trials = free_port(), 2  # one trial each: workers start together, a trial takes ~15 s
     runs, results = tmp_path / "runs", tmp_path / "results"
     base = [sys.executable, "-m", "cifar_ae", "tune", "--tuner", tuner, "--max-trials", str(max_trials),
             "--preset", "smoke", "--out", str(runs), "--results", str(results), "--save-trial", "tuned-dist",
             "--oracle-ip", "127.0.0.1", "--oracle-port", str(port)]
-    env, procs, logs = _env(tmp_path), {}, {}
+    env, procs, logs = tuning_env(tmp_path), {}, {}
 
     def start(name, extra):
         logs[name] = open(tmp_path / f"{name}.log", "w")

@@ -1,28 +1,18 @@
 """The distributed search trusts no one on the network: an attacker on 127.0.0.1 plays against a real chief."""
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import free_port, tuning_env
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _env(tmp_path):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", "CIFAR_AE_TUNE_COMMAND": "",
-           "CIFAR_AE_TUNED_TRIALS": str(tmp_path / "results" / "tuned_trials.json")}
-    for k in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
-        env.pop(k, None)
-    return env
 
 
 def test_in_space_names_what_is_outside():
@@ -43,12 +33,12 @@ def test_forged_reports_are_refused_and_the_best_is_rescored_by_the_chief(tmp_pa
     from keras_tuner.src import protos
     from keras_tuner.src.engine import hyperparameters as hp_module, trial as trial_module
 
-    port = _free_port()
+    port = free_port()
     runs, results = tmp_path / "runs", tmp_path / "results"
     base = [sys.executable, "-m", "cifar_ae", "tune", "--tuner", "random", "--max-trials", "2", "--preset", "smoke",
             "--out", str(runs), "--results", str(results), "--save-trial", "tuned-sec", "--oracle-ip", "127.0.0.1",
             "--oracle-port", str(port)]
-    env, procs, logs = _env(tmp_path), {}, {}
+    env, procs, logs = tuning_env(tmp_path), {}, {}
 
     def start(name, extra):
         logs[name] = open(tmp_path / f"{name}.log", "w")
@@ -128,7 +118,7 @@ def test_a_smoke_search_and_benchmark_leave_committed_files_alone(tmp_path, cifa
     subprocess.run(git + ["init", "-q"], check=True)
     subprocess.run(git + ["add", "-A"], check=True)
     subprocess.run(git + ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "snapshot"], check=True)
-    env = {**_env(tmp_path), "PYTHONPATH": str(clone)}
+    env = {**tuning_env(tmp_path), "PYTHONPATH": str(clone)}
     env.pop("CIFAR_AE_TUNED_TRIALS")
     for cmd in ([sys.executable, "-m", "cifar_ae", "tune", "--tuner", "random", "--max-trials", "1", "--preset", "smoke"],
                 [sys.executable, "benchmarks/ablation.py", "--preset", "smoke", "--rows", "baseline"]):
