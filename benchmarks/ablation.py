@@ -13,11 +13,11 @@ only from run folders; ``--keep`` copies their small files (config, metrics, his
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 from cifar_ae.evaluate import write_json_atomic, write_text_atomic
+from cifar_ae import experiments as X
 from cifar_ae.ablation import ABLATIONS, find_runs, table
 from cifar_ae.trials import get_trial
 
@@ -31,17 +31,9 @@ def run_rows(rows, trial, preset, seed, epochs, out):
     return runs
 
 
-def keep(runs, dest):
-    """Copy each run's small files (not the model) to dest/<row>/<trial>/<preset-seed>/."""
-    kept = {}
-    for row, run in runs.items():
-        target = Path(dest) / row / run.parent.name / run.name
-        target.mkdir(parents=True, exist_ok=True)
-        for name in ("config.json", "metrics.json", "history.csv"):
-            if (run / name).is_file():
-                shutil.copy2(run / name, target / name)
-        kept[row] = target
-    return kept
+def keep_rows(runs, dest):
+    """Copy each row's small files (not the model) to dest/<row>/<trial>/<preset-seed>/ (cifar_ae.experiments.keep)."""
+    return {row: X.keep(run, run.parent.parent.parent, dest) for row, run in runs.items()}
 
 
 def main(argv=None):
@@ -67,7 +59,7 @@ def main(argv=None):
         sys.exit(f"no complete ablation runs under {args.runs}/<row>/{args.trial}/{args.preset}-s{args.seed}; "
                  "run without --table-only first.")
     if args.keep and not args.table_only:
-        runs = keep(runs, args.keep)
+        runs = keep_rows(runs, args.keep)
     text, records = table(runs)
     header = (f"# Ablation: {args.trial}, preset {args.preset}, seed {args.seed}\n\n"
               f"Command: `python {' '.join(sys.argv)}`\n\n")

@@ -16,29 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from cifar_ae.experiments import keep
+
 REPO = Path(__file__).resolve().parent.parent
 # the issue's order: the headline trial twice, the other joint models, then v1 and v0 (their autoencoders first)
 PLAN = [("v2-joint-aug-adam", 0), ("v2-joint-aug-adam", 1), ("v2-joint-noaug", 0), ("v2-joint-aug-sgd", 0),
         ("v1-feature-classifier", 0), ("v0-dense", 0), ("v0-conv1d", 0)]
-SMALL_FILES = ("config.json", "history.csv", "metrics.json")
-
-
-def keep(run: Path, runs_root: Path, dest_root: Path) -> Path:
-    """Copy a run's small files and figures to dest_root, keeping <trial>/<folder>."""
-    dest = dest_root / run.relative_to(runs_root)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in SMALL_FILES:
-        if (run / name).is_file():
-            shutil.copy2(run / name, dest / name)
-    if (run / "figures").is_dir():
-        shutil.copytree(run / "figures", dest / "figures", dirs_exist_ok=True)
-    return dest
 
 
 def commit(paths, message):
@@ -101,7 +89,7 @@ def main(argv=None):
             if upstream:
                 kept.append(Path(upstream))
             if keep_root is not None:
-                kept = [keep(r, runs_root, keep_root) for r in kept]
+                kept = [keep(r, runs_root, keep_root) for r in kept]  # small files and figures
             print(f"=== {trial} seed {seed}: done in {time.time() - t0:.0f} s this call -> {kept[0]}", flush=True)
             if args.commit and keep_root is not None:
                 commit(kept, f"results: study preset, {trial} seed {seed}" + (f" (capped at {cap} epochs)" if cap else ""))

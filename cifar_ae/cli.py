@@ -41,6 +41,26 @@ def cmd_train(args):
     metrics = json.loads((run / "metrics.json").read_text())
     shown = {k: metrics[k] for k in ("test_accuracy", "balanced_accuracy", "recon_mse", "recon_psnr", "epochs") if k in metrics}
     print(f"{run}: {json.dumps(shown)}")
+    print(against_the_study(metrics))
+
+
+def against_the_study(m) -> str:
+    """One line: this run's headline number beside the study's, with its length and compute."""
+    study, parts = m.get("study") or {}, []
+    if "test_accuracy" in m:
+        theirs = study.get("test_accuracy")
+        parts.append(f"test accuracy {100 * m['test_accuracy']:.1f}%" +
+                     ("" if theirs is None else f" (the study: {100 * theirs:.0f}%, {100 * (m['test_accuracy'] - theirs):+.1f} pt)"))
+    if "recon_mse" in m:
+        theirs = study.get("recon_mse")
+        parts.append(f"reconstruction MSE {m['recon_mse']:.5f}" + ("" if theirs is None else f" (the study: {theirs})"))
+    length = f"{m.get('epochs')} epochs of `{m.get('preset')}`"
+    if m.get("train_pflops") is not None:
+        length += f", {m['train_pflops']:.3f} PFLOP"
+    if m.get("train_seconds"):
+        length += f", {m['train_seconds'] / 60:.1f} min training"
+    note = "" if m.get("preset") == "study" else "; the study's numbers are for its full length (`--preset study`, results/study.md)"
+    return f"{m.get('trial')}: " + "; ".join(parts) + f" after {length}{note}."
 
 
 def cmd_evaluate(args):

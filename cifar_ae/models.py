@@ -119,23 +119,103 @@ def conv1d_classifier(encoder, filters=(32, 64), kernel_size=3, dense_units=128,
 
 # --------------------------------------------------------------------------- v1/v2: conv encoder and decoder
 
-def conv_encoder(inputs, filters=(32, 64), convs_per_block=1, batchnorm=False, tie=False, kernel_size=3,
-                 bn_momentum=0.99):
-    """Conv blocks each ending in 2x2 max-pooling: 32x32x3 -> (8, 8, filters[-1]) code named `features`.
-
-    Returns (code, tied_convs): with `tie`, the convs are TiedConv2D layers for the decoder to reuse.
-    """
-    x, tied = inputs, []
-    for b, f in enumerate(filters):
-        for c in range(convs_per_block):
-            name = f"enc{b + 1}_{c + 1}"
-            conv = TiedConv2D(f, kernel_size, name=f"{name}_conv") if tie else None
+def vgg_block(x, filters, name, convs=2, kernel_size=3, bn_momentum=0.99, batchnorm=True, tied=None):
+    """`convs` conv-(BN)-ReLU at `filters` (the study's encoder blocks). `tied`: a list that collects TiedConv2D
+    layers for the decoder to reuse (weight tying), or None."""
+    for c in range(convs):
+        cname = f"{name}_{c + 1}"
+        conv = None
+        if tied is not None:
+            conv = TiedConv2D(filters, kernel_size, name=f"{cname}_conv")
             tied.append(conv)
-            x = conv_bn_relu(x, f, name=name, batchnorm=batchnorm, conv=conv, bn_momentum=bn_momentum,
-                             kernel_size=kernel_size)
+        x = conv_bn_relu(x, filters, name=cname, batchnorm=batchnorm, conv=conv, bn_momentum=bn_momentum,
+                         kernel_size=kernel_size)
+    return x
+
+
+def residual_stage_block(x, filters, name, convs=2, kernel_size=3, bn_momentum=0.99, **_):
+    """He et al. 2016: `convs` conv-BN-ReLU at `filters` plus a 1x1 projection shortcut, added (the parameters of
+    a VGG block of as many convs, plus the 1x1)."""
+    shortcut = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_proj")(x)
+    y = x
+    for c in range(convs):
+        y = conv_bn_relu(y, filters, name=f"{name}_{c + 1}", bn_momentum=bn_momentum, kernel_size=kernel_size)
+    return layers.Add(name=f"{name}_add")([shortcut, y])
+
+
+def inception_block(x, filters, name, convs=2, bn_momentum=0.99, **_):
+    """Szegedy et al. 2015 (GoogLeNet's module, with the 5x5 branch as two 3x3 as in Szegedy et al. 2016): parallel
+    1x1 / 1x1-3x3 / 1x1-3x3-3x3 / 3x3 max-pool-1x1 branches, concatenated to `filters` channels, `convs` // 2
+    modules deep (at least one). The reduce convs make it cheap, so each branch is 3/4 of `filters` wide (then a
+    1x1 back to `filters`): the encoder's parameters come within ~12% of the VGG encoder's."""
+    b = max(8, filters * 3 // 4)
+    for m in range(max(1, convs // 2)):
+        n = f"{name}_m{m + 1}"
+        b1 = conv_bn_relu_k(x, b, 1, f"{n}_b1", bn_momentum)
+        b2 = conv_bn_relu_k(conv_bn_relu_k(x, b // 2, 1, f"{n}_b2r", bn_momentum), b, 3, f"{n}_b2", bn_momentum)
+        b3 = conv_bn_relu_k(x, b // 2, 1, f"{n}_b3r", bn_momentum)
+        b3 = conv_bn_relu_k(conv_bn_relu_k(b3, b, 3, f"{n}_b3a", bn_momentum), b, 3, f"{n}_b3b", bn_momentum)
+        b4 = layers.MaxPooling2D(3, strides=1, padding="same", name=f"{n}_b4pool")(x)
+        b4 = conv_bn_relu_k(b4, b, 1, f"{n}_b4", bn_momentum)
+        x = layers.Concatenate(name=f"{n}_concat")([b1, b2, b3, b4])
+        x = conv_bn_relu_k(x, filters, 1, f"{n}_out", bn_momentum)
+    return x
+
+
+def nasnet_block(x, filters, name, convs=2, bn_momentum=0.99, **_):
+    """Zoph et al. 2018, the NASNet-A normal cell, reduced to one input (h = h_prev, as in a first cell): five
+    pairwise combinations of separable 3x3 / 5x5 convs, 3x3 average pools and identities, concatenated and mapped
+    back to `filters` by a 1x1; `convs` // 2 cells deep (at least one). Nodes `filters` wide: the encoder's
+    parameters come within ~5% of the VGG encoder's."""
+    c = max(8, filters)
+    for m in range(max(1, convs // 2)):
+        n = f"{name}_c{m + 1}"
+        h = conv_bn_relu_k(x, c, 1, f"{n}_in", bn_momentum)
+
+        def sep(t, k, tag):  # NASNet's ReLU -> separable conv -> BN
+            t = layers.Activation("relu", name=f"{n}_{tag}_relu")(t)
+            t = layers.SeparableConv2D(c, k, padding="same", use_bias=False, name=f"{n}_{tag}_sep")(t)
+            return layers.BatchNormalization(momentum=bn_momentum, name=f"{n}_{tag}_bn")(t)
+
+        def avg(t, tag):
+            return layers.AveragePooling2D(3, strides=1, padding="same", name=f"{n}_{tag}_avg")(t)
+
+        nodes = [layers.Add(name=f"{n}_n1")([sep(h, 3, "n1a"), h]),
+                 layers.Add(name=f"{n}_n2")([sep(h, 3, "n2a"), sep(h, 5, "n2b")]),
+                 layers.Add(name=f"{n}_n3")([avg(h, "n3a"), h]),
+                 layers.Add(name=f"{n}_n4")([avg(h, "n4a"), avg(h, "n4b")]),
+                 layers.Add(name=f"{n}_n5")([sep(h, 5, "n5a"), sep(h, 3, "n5b")])]
+        x = conv_bn_relu_k(layers.Concatenate(name=f"{n}_concat")([h, *nodes]), filters, 1, f"{n}_out", bn_momentum)
+    return x
+
+
+def conv_bn_relu_k(x, filters, kernel_size, name, bn_momentum=0.99):
+    return conv_bn_relu(x, filters, name, bn_momentum=bn_momentum, kernel_size=kernel_size)
+
+
+ENCODER_BLOCKS = {"vgg": vgg_block, "residual": residual_stage_block, "inception": inception_block,
+                  "nasnet": nasnet_block}
+
+
+def conv_encoder(inputs, filters=(32, 64), convs_per_block=1, batchnorm=False, tie=False, kernel_size=3,
+                 bn_momentum=0.99, block="vgg"):
+    """Encoder blocks each ending in 2x2 max-pooling: 32x32x3 -> (8, 8, filters[-1]) code named `features`.
+
+    block: "vgg" (the study's: `convs_per_block` conv-BN-ReLU), "residual", "inception" or "nasnet"
+    (ENCODER_BLOCKS). Returns (code, tied_convs): with `tie` (VGG blocks only) the convs are TiedConv2D layers for
+    the decoder to reuse.
+    """
+    if block not in ENCODER_BLOCKS:
+        raise ValueError(f"unknown block '{block}'; valid blocks: {', '.join(ENCODER_BLOCKS)}.")
+    if tie and block != "vgg":
+        raise ValueError("tie_weights needs block='vgg' (the decoder mirrors the encoder's convolutions).")
+    x, tied = inputs, ([] if tie else None)
+    for b, f in enumerate(filters):
+        x = ENCODER_BLOCKS[block](x, f, name=f"enc{b + 1}", convs=convs_per_block, kernel_size=kernel_size,
+                                  bn_momentum=bn_momentum, batchnorm=batchnorm, tied=tied)
         pool_name = "features" if b == len(filters) - 1 else f"enc{b + 1}_pool"
         x = layers.MaxPooling2D(name=pool_name)(x)
-    return x, tied
+    return x, (tied or [])
 
 
 def conv_decoder(code, filters=(32, 64), convs_per_block=1, upsampling="transpose", tied=None, kernel_size=3):
@@ -190,16 +270,17 @@ def feature_classifier(encoder, filters=(128, 128), convs_per_block=2, dense_uni
 
 
 def joint_model(filters=(32, 64), convs_per_block=2, head_filters=(128, 128), dense_units=(),
-                dropout=0.3, upsampling="transpose", tie_weights=False, kernel_size=3, bn_momentum=0.99):
+                dropout=0.3, upsampling="transpose", tie_weights=False, kernel_size=3, bn_momentum=0.99, block="vgg"):
     """v2: one encoder feeding a decoder (`reconstruction`) and a classifier (`label`), trained together.
 
     Head variants as in the study: dense_units=() is the one-Dense head (used with Adam),
     dense_units=(512, 256) the two-Dense head (used with SGD). kernel_size is the encoder's and decoder's;
-    bn_momentum every BatchNorm's (the search uses 0.9: its trials are too short for Keras' 0.99).
+    bn_momentum every BatchNorm's (the search uses 0.9: its trials are too short for Keras' 0.99). block: the
+    encoder's block type (ENCODER_BLOCKS: the study's "vgg", or "residual", "inception", "nasnet").
     """
     inputs = keras.Input(IMAGE_SHAPE, name="image")
     code, tied = conv_encoder(inputs, tuple(filters), int(convs_per_block), batchnorm=True, tie=tie_weights,
-                              kernel_size=int(kernel_size), bn_momentum=bn_momentum)
+                              kernel_size=int(kernel_size), bn_momentum=bn_momentum, block=block)
     reconstruction = conv_decoder(code, tuple(filters), int(convs_per_block), upsampling, tied if tie_weights else None,
                                   kernel_size=int(kernel_size))
     x = cnn_blocks(code, tuple(head_filters), 2, dropout, prefix="cls", bn_momentum=bn_momentum)

@@ -399,6 +399,8 @@ def _train_and_record(trial, preset, seed, settings, run, data, model, callbacks
     history = _read_history(run / "history.csv")
     state = S.read_state(run)
     metrics = evaluate_model(model, trial, data, run, settings, seed)
+    metrics["params"] = int(model.count_params())
+    metrics["trainable_params"] = int(sum(int(np.prod(w.shape)) for w in model.trainable_weights))
     epochs_run = len(next(iter(history.values()), []))
     train_seconds = float(sum(history.get("train_seconds", [])))
     flops = (R.read_config(run) or {}).get("train_flops_per_image")

@@ -15,7 +15,7 @@ from .space import UPSTREAM, classifier_model_args, joint_model_args
 
 SIDECAR = "cifar_ae_trial.json"  # per trial: which tuner ran it, seconds, memory
 
-HP_ORDER = ["encoder_blocks", "convs_per_block", "filters", "kernel_size", "head_blocks", "head_filters",
+HP_ORDER = ["encoder_blocks", "convs_per_block", "filters", "kernel_size", "block", "head_blocks", "head_filters",
             "dense_units", "dropout", "reconstruction_weight", "optimizer", "learning_rate_adam",
             "learning_rate_sgd", "batch_size", "class_weight"]
 

@@ -126,6 +126,7 @@ def joint_space(hp) -> dict:
          "convs_per_block": hp.Int("convs_per_block", 1, 2, default=2),
          "filters": hp.Choice("filters", [16, 32], default=32),  # first block; doubles per block, at most 128
          "kernel_size": hp.Choice("kernel_size", [3, 5], default=3),
+         "block": hp.Choice("block", ["vgg", "residual", "inception", "nasnet"], default="vgg"),  # models.ENCODER_BLOCKS
          "head_blocks": hp.Int("head_blocks", 1, 2, default=2),
          "head_filters": hp.Choice("head_filters", [64, 128], default=128),
          "dropout": hp.Float("dropout", 0.1, 0.5, step=0.1, default=0.3),
@@ -146,6 +147,7 @@ def classifier_space(hp) -> dict:
 def joint_model_args(v) -> dict:
     filters = [min(int(v["filters"]) * 2 ** b, 128) for b in range(int(v["encoder_blocks"]))]
     return {"filters": filters, "convs_per_block": int(v["convs_per_block"]), "kernel_size": int(v["kernel_size"]),
+            "block": v.get("block", "vgg"),
             "head_filters": [int(v["head_filters"])] * int(v["head_blocks"]), "dense_units": [],
             "dropout": round(float(v["dropout"]), 3), "bn_momentum": TRIAL_BN_MOMENTUM}
 

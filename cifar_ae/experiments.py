@@ -1,0 +1,101 @@
+"""Experiments as data: rows of Trial changes against one base trial, each row a `run_trial` into <root>/<row>/
+(variant = the row's name), and every table built from those run folders only. The ablation, the encoder-block
+comparison and the augmentation comparison are such loops (benchmarks/).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+from .data import CLASS_NAMES, STUDY_REDUCED_CLASSES
+
+SMALL_FILES = ("config.json", "history.csv", "metrics.json")
+
+
+def run_row(base, row, changes, preset, seed, epochs, root, verbose=2) -> Path:
+    from .training import run_trial  # imports keras: not needed to build tables
+    return run_trial(base, preset, seed, Path(root) / row, epochs=epochs, verbose=verbose, variant=row, **changes)
+
+
+def find_run(root, trial, preset, seed, row) -> Path | None:
+    """The complete run of a row: <root>/<row>/<trial>/<preset>-s<seed>-<row>, or None."""
+    run = Path(root) / row / trial / f"{preset}-s{seed}-{row}"
+    return run if (run / "metrics.json").is_file() else None
+
+
+def keep(run, runs_root, dest_root) -> Path:
+    """Copy a run's small files (and figures) to dest_root, keeping its path below runs_root."""
+    run = Path(run)
+    dest = Path(dest_root) / run.relative_to(runs_root)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SMALL_FILES:
+        if (run / name).is_file():
+            shutil.copy2(run / name, dest / name)
+    if (run / "figures").is_dir():
+        shutil.copytree(run / "figures", dest / "figures", dirs_exist_ok=True)
+    return dest
+
+
+def _history_column(run, key):
+    path = Path(run) / "history.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [float(r[key]) for r in csv.DictReader(f) if r.get(key) not in (None, "")]
+
+
+def record(run) -> dict:
+    """One run's numbers for a table: accuracy, per-class recall, MSE, compute, params, training speed."""
+    m = json.loads((Path(run) / "metrics.json").read_text())
+    config = json.loads((Path(run) / "config.json").read_text())
+    seconds = _history_column(run, "train_seconds")
+    speed = [config["train_images"] / s for s in seconds if s > 0]
+    return {"run": str(run), "seed": m.get("seed"), "test_accuracy": m.get("test_accuracy"),
+            "recall": {c: v["recall"] for c, v in m.get("per_class", {}).items()}, "recon_mse": m.get("recon_mse"),
+            "epochs": m.get("epochs"), "train_pflops": m.get("train_pflops"), "params": m.get("params"),
+            "train_gflops_per_image": None if config.get("train_flops_per_image") is None
+            else config["train_flops_per_image"] / 1e9,
+            "images_per_second": round(statistics.median(speed), 1) if speed else None,
+            "precision": config.get("precision")}
+
+
+def summarize(records) -> dict:
+    """Mean (and sd across seeds) of a row's records."""
+    def mean_sd(key, get=None):
+        vals = [(get or (lambda r: r.get(key)))(r) for r in records]
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            return None, None
+        return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+    out = {"seeds": [r["seed"] for r in records], "runs": [r["run"] for r in records]}
+    for key in ("test_accuracy", "recon_mse", "train_pflops", "images_per_second"):
+        out[key], out[f"{key}_sd"] = mean_sd(key)
+    for key in ("params", "train_gflops_per_image", "epochs", "precision"):
+        out[key] = records[0].get(key)
+    out["recall"] = {c: mean_sd(None, lambda r, c=c: r["recall"].get(c))[0] for c in CLASS_NAMES}
+    return out
+
+
+def collect(root, trial, preset, rows, seeds) -> dict:
+    """row -> summary over the seeds that have a complete run (rows without any are left out)."""
+    found = {}
+    for row in rows:
+        recs = [record(run) for seed in seeds if (run := find_run(root, trial, preset, seed, row))]
+        if recs:
+            found[row] = summarize(recs)
+    return found
+
+
+def pct(v, sd=None):
+    if v is None:
+        return ""
+    return f"{100 * v:.2f}%" + ("" if sd is None else f" ± {100 * sd:.2f}")
+
+
+def reduced_recall(summary) -> str:
+    """Recall of the three classes the study halved, e.g. 'bird 61 / deer 70 / truck 85'."""
+    return " / ".join(f"{c} {100 * summary['recall'][c]:.0f}" for c in STUDY_REDUCED_CLASSES
+                      if summary["recall"].get(c) is not None)

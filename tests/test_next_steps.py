@@ -1,0 +1,69 @@
+"""The study's next steps: encoder blocks (ResNet, Inception, NASNet) and the experiment loops around them."""
+import json
+import sys
+from pathlib import Path
+
+import keras
+import pytest
+
+from cifar_ae import compute as C, models as M
+from cifar_ae.training import run_trial
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+
+def test_blocks_have_comparable_parameter_counts():
+    vgg = M.encoder_of(M.joint_model(block="vgg")).count_params()
+    for block in ("residual", "inception", "nasnet"):
+        model = M.joint_model(block=block)
+        assert abs(M.encoder_of(model).count_params() / vgg - 1) < 0.15, block
+        assert model.output["reconstruction"].shape[1:] == (32, 32, 3) and model.output["label"].shape[1:] == (10,)
+    kinds = {type(layer).__name__ for layer in M.joint_model(block="nasnet").layers}
+    assert "SeparableConv2D" in kinds and "AveragePooling2D" in kinds
+    with pytest.raises(ValueError, match="unknown block 'dense'; valid blocks: vgg, residual, inception, nasnet"):
+        M.joint_model(block="dense")
+    with pytest.raises(ValueError, match="tie_weights needs block='vgg'"):
+        M.joint_model(block="residual", tie_weights=True)
+
+
+@pytest.mark.parametrize("block", ["residual", "inception", "nasnet"])
+def test_each_block_trains_on_smoke_and_reloads(block, tmp_path, cifar_dir):
+    run = run_trial("v2-joint-noaug", "smoke", 0, out_dir=tmp_path, verbose=0, model_args={"block": block})
+    m = json.loads((run / "metrics.json").read_text())
+    assert 0 <= m["test_accuracy"] <= 1 and 0 < m["recon_mse"] < 0.25 and m["params"] > 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["train_flops_per_image"] == C.train_flops_per_image(M.joint_model(block=block))
+    keras.saving.load_model(run / "model.keras", safe_mode=True)
+
+
+def test_the_search_can_choose_the_block():
+    import keras_tuner as kt
+    from cifar_ae import tuning as T
+    hp = kt.HyperParameters()
+    T.joint_space(hp)
+    choice = next(p for p in hp.space if p.name == "block")
+    assert list(choice.values) == ["vgg", "residual", "inception", "nasnet"]
+    hp.values["block"] = "inception"
+    assert T.joint_model_args(T.joint_space(hp))["block"] == "inception"
+
+
+def test_blocks_loop_builds_its_table_from_run_folders(tmp_path, cifar_dir):
+    import blocks
+    blocks.main(["--preset", "smoke", "--epochs", "1", "--blocks", "vgg", "residual", "--extra-seed", "-1",
+                 "--runs", str(tmp_path / "runs"), "--keep", str(tmp_path / "kept")])
+    text = (tmp_path / "runs" / "blocks.md").read_text()
+    assert "| vgg |" in text and "| residual |" in text
+    blocks.main(["--preset", "smoke", "--epochs", "1", "--blocks", "vgg", "residual", "--extra-seed", "-1",
+                 "--runs", str(tmp_path / "runs"), "--keep", str(tmp_path / "kept"), "--table-only",
+                 "--output", str(tmp_path / "again")])
+    assert (tmp_path / "again.md").read_text().split("\n")[4:] == text.split("\n")[4:]
+
+
+def test_cutout_goes_on_the_best_augmentation():
+    import augmentation
+    found = {"none": {"test_accuracy": 0.5}, "autoaugment": {"test_accuracy": 0.7}, "study-pil": {"test_accuracy": 0.6}}
+    rows = augmentation.rows_for(found)
+    assert list(rows)[-1] == "autoaugment+cutout"
+    assert rows["autoaugment+cutout"]["augmentation"] == {"policy": "autoaugment-cifar10", "flip": True, "translate": 4,
+                                                          "cutout": 16}
+    assert len(augmentation.rows_for()) == 6
