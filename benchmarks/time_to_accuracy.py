@@ -1,133 +1,152 @@
-"""Time to accuracy: train a trial, score the full test set after every epoch, report when it crosses
-80 / 85 / 86 / 90%, and measure in the same run its training throughput against the study's v2 joint model.
+"""Time to accuracy, on a compute axis: train a trial, score the full test set after every epoch (for reporting
+only: the kept checkpoint is chosen on the validation split), and report the epochs, images and training PFLOPs
+to 80 / 85 / 86 / 90 / 93%, over one or more seeds.
 
-    CIFAR10_DIR=../shared/cifar10 python benchmarks/time_to_accuracy.py --trial v3-joint-resnet --preset quick
-    (add --epochs N to cut a CPU run short; the JSON says what was run)
+    CIFAR10_DIR=../shared/cifar10 python benchmarks/time_to_accuracy.py --trial v3-joint-resnet-patch --preset quick \
+        --seeds 0 1 2 --output results/time_to_accuracy_v3.json
+    (--epochs N cuts a run short, as a variant; --pflops P sets the epochs from a compute budget)
 
-Writes results/time_to_accuracy.json (atomically) with the command, curve and thresholds.
+The per-epoch test scores go into each run's history.csv (test_accuracy, test_recon_mse), so a killed run resumes
+and its curve stays whole. Compute is cifar_ae.compute's count (6 FLOPs per trainable multiply-add); speed is the
+median epoch's, as a fraction of this machine's peak measured in the same process (benchmarks/peak_flops.py).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
+import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import keras
 
-from cifar_ae import models as M
-from cifar_ae.batches import ArrayBatches
-from cifar_ae.evaluate import write_json_atomic
-from cifar_ae.training import compile_model, run_trial
-from cifar_ae.trials import get_trial
-
-THRESHOLDS = (0.80, 0.85, 0.86, 0.90)
+THRESHOLDS = (0.80, 0.85, 0.86, 0.90, 0.93)
 
 
 class TestEveryEpoch(keras.callbacks.Callback):
-    """Scores the whole test set after each epoch (label accuracy and reconstruction MSE), with wall time."""
+    """Adds the full test set's label accuracy (flip TTA if the trial uses it) and reconstruction MSE to each
+    epoch's logs, so they are recorded in history.csv."""
 
     def __init__(self, x_test, y_test, tta=False):
         super().__init__()
         self.x, self.y, self.tta = x_test.astype(np.float32) / 255.0, y_test, tta
-        self.curve, self.t0, self.images = [], None, 0
-
-    def on_train_begin(self, logs=None):
-        if self.t0 is None:
-            self.t0 = time.perf_counter()
-            self.paused = 0.0
 
     def on_epoch_end(self, epoch, logs=None):
-        start = time.perf_counter()
         out = self.model.predict(self.x, batch_size=512, verbose=0)
         probs = out["label"]
         if self.tta:
             probs = (probs + self.model.predict(self.x[:, :, ::-1], batch_size=512, verbose=0)["label"]) / 2
         acc = float(np.mean(probs.argmax(1) == self.y))
         mse = float(np.mean((out["reconstruction"] - self.x) ** 2))
-        train_seconds = start - self.t0 - self.paused
-        self.paused += time.perf_counter() - start  # scoring time is not training time
-        self.curve.append({"epoch": epoch + 1, "test_accuracy": acc, "recon_mse": mse,
-                           "train_seconds": round(train_seconds, 1)})
+        if logs is not None:
+            logs["test_accuracy"], logs["test_recon_mse"] = acc, mse
         print(f"  epoch {epoch + 1}: test accuracy {acc:.4f}  recon MSE {mse:.5f}", flush=True)
 
 
-def throughput(trial_name, batch_size=128, images=2560, repeats=3, **overrides):
-    """Training images/s of a trial's model (at its own precision) on random uint8 batches, same input path as run_trial."""
-    trial = get_trial(trial_name, **overrides)
-    keras.utils.set_random_seed(0)
-    previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy(trial.precision)
-    try:
-        model = compile_model(M.BUILDERS[trial.model](**trial.model_args), trial)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-    rng = np.random.default_rng(0)
-    ds = ArrayBatches(rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, images),
-                      batch_size=batch_size, targets="joint")
-    model.fit(ds, epochs=1, verbose=0)  # warm-up: tracing
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model.fit(ds, epochs=1, verbose=0)
-        times.append(time.perf_counter() - t0)
-    return images / float(np.median(times))
+def curve(run) -> list[dict]:
+    """Per epoch: test accuracy and MSE, cumulative training seconds, images and PFLOPs (from the run's files)."""
+    config = json.loads((Path(run) / "config.json").read_text())
+    with open(Path(run) / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    n, flops, seconds, out = config["train_images"], config.get("train_flops_per_image"), 0.0, []
+    for i, r in enumerate(rows):
+        seconds += float(r.get("train_seconds") or 0)
+        out.append({"epoch": i + 1, "test_accuracy": float(r["test_accuracy"]) if r.get("test_accuracy") else None,
+                    "recon_mse": float(r["test_recon_mse"]) if r.get("test_recon_mse") else None,
+                    "train_seconds": round(seconds, 1), "images_seen": n * (i + 1),
+                    "pflops": None if flops is None else round(flops * n * (i + 1) / 1e15, 5)})
+    return out
 
 
-def main():
+def reached(points, threshold):
+    return next((p for p in points if p["test_accuracy"] is not None and p["test_accuracy"] >= threshold), None)
+
+
+def summarize(per_seed) -> dict:
+    """Mean and sd over seeds; a threshold's PFLOPs is null unless every seed reached it."""
+    def mean_sd(vals):
+        vals = [v for v in vals if v is not None]
+        return (statistics.fmean(vals) if vals else None, statistics.stdev(vals) if len(vals) > 1 else None)
+    out = {}
+    for thr in THRESHOLDS:
+        key = f"{int(round(thr * 100))}"
+        hits = [s["thresholds"][key] for s in per_seed]
+        for what in ("pflops", "epochs", "images_seen", "train_seconds"):
+            out[f"{what}_to_{key}"] = None if any(h is None for h in hits) else mean_sd([h[what] for h in hits])[0]
+    for key in ("final_test_accuracy", "final_test_accuracy_without_tta", "recon_mse", "train_pflops"):
+        out[f"{key}_mean"], out[f"{key}_sd"] = mean_sd([s[key] for s in per_seed])
+    return out
+
+
+def main(argv=None):
+    from cifar_ae import hardware as H
+    from cifar_ae.data import load_cifar10
+    from cifar_ae.evaluate import write_json_atomic
+    from cifar_ae.training import run_trial, trial_flops
+    from cifar_ae.trials import get_trial
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trial", default="v3-joint-resnet")
+    ap.add_argument("--trial", default="v3-joint-resnet-patch")
     ap.add_argument("--preset", default="quick")
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=None, help="cut (or extend) the preset's epochs: a variant run")
+    ap.add_argument("--pflops", type=float, default=None, help="a compute budget: the epochs that fit in it")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--peak-repeats", type=int, default=5, help="timed calls of the peak microbenchmark")
     ap.add_argument("--out", default="runs/time_to_accuracy")
     ap.add_argument("--output", default=None,
                     help="JSON result (default: <out>/<trial>-<preset>.json; results/... only when named here)")
-    args = ap.parse_args()
-    args.output = args.output or str(Path(args.out) / f"{args.trial}-{args.preset}.json")
-    command = "python " + " ".join(sys.argv)
-
-    from cifar_ae.data import load_cifar10
-    d = load_cifar10()
+    args = ap.parse_args(argv)
     trial = get_trial(args.trial)
-    scorer = TestEveryEpoch(d.x_test, d.y_test, tta=trial.tta_flip)
-    t0 = time.perf_counter()
-    run = run_trial(args.trial, args.preset, args.seed, args.out, epochs=args.epochs, force=True, verbose=2,
-                    callbacks=[scorer])
-    wall = time.perf_counter() - t0
-    metrics = json.loads((run / "metrics.json").read_text())
-    config = json.loads((run / "config.json").read_text())
-    train_images = config["train_images"]
-
-    reached = {}
-    for thr in THRESHOLDS:
-        hit = next((p for p in scorer.curve if p["test_accuracy"] >= thr), None)
-        reached[f"{int(thr * 100)}"] = None if hit is None else {
-            "epochs": hit["epoch"], "images_seen": hit["epoch"] * train_images, "train_seconds": hit["train_seconds"]}
-
-    print("measuring training throughput side by side ...", flush=True)
-    tp_new = throughput(args.trial, batch_size=128)
-    tp_v2 = throughput("v2-joint-noaug", batch_size=128)
-    result = {
-        "trial": args.trial, "preset": args.preset, "seed": args.seed, "epochs": len(scorer.curve),
-        "train_images": train_images, "run_folder": str(run), "command": command,
-        "epochs_to_80": reached["80"] and reached["80"]["epochs"],
-        "epochs_to_85": reached["85"] and reached["85"]["epochs"],
-        "epochs_to_86": reached["86"] and reached["86"]["epochs"],
-        "epochs_to_90": reached["90"] and reached["90"]["epochs"],
-        "thresholds": reached,
-        "final_test_accuracy": metrics["test_accuracy"], "final_test_accuracy_without_tta": metrics.get("test_accuracy_without_tta"),
-        "recon_mse": metrics["recon_mse"], "curve": scorer.curve, "wall_seconds": round(wall, 1),
-        "throughput_images_per_s": round(tp_new, 1), "v2_throughput_images_per_s": round(tp_v2, 1),
-        "throughput_ratio_vs_v2": round(tp_new / tp_v2, 3),
-        "note": "throughputs measured one after the other in this process, batch 128, random data; "
-                "final accuracy is the run's best-validation checkpoint on the full test set",
-    }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.output, result)
-    print(json.dumps({k: v for k, v in result.items() if k not in ("curve", "thresholds")}, indent=2))
+    d = load_cifar10()
+    epochs = args.epochs
+    if args.pflops is not None:  # epochs = budget / (FLOPs per image x training images)
+        from cifar_ae.training import prepare_data
+        n = len(prepare_data(trial, trial.settings(args.preset), args.seeds[0])["y_train"])
+        epochs = max(1, math.floor(args.pflops * 1e15 / (trial_flops(trial) * n)))
+        print(f"{args.pflops} PFLOP budget: {epochs} epochs of {n} images", flush=True)
+    variant = None if epochs is None else f"e{epochs}"
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import peak_flops
+    peak = peak_flops.measure(repeats=args.peak_repeats)
+    per_seed = []
+    for seed in args.seeds:
+        run = run_trial(trial, args.preset, seed, args.out, epochs=epochs, variant=variant, verbose=2,
+                        callbacks=[TestEveryEpoch(d.x_test, d.y_test, tta=trial.tta_flip)])
+        m = json.loads((run / "metrics.json").read_text())
+        config = json.loads((run / "config.json").read_text())
+        points = curve(run)
+        speeds = [config["train_images"] / (b["train_seconds"] - a["train_seconds"]) for a, b in
+                  zip([{"train_seconds": 0.0}] + points, points) if b["train_seconds"] > a["train_seconds"]]
+        ips = statistics.median(speeds) if speeds else None
+        precision = config.get("precision", "float32")
+        ref = peak["kernels"].get("bfloat16" if "bfloat16" in precision else "float32", peak["kernels"]["float32"])
+        achieved = None if ips is None else ips * config["train_flops_per_image"] / 1e9
+        per_seed.append({
+            "seed": seed, "run_folder": str(run), "epochs": m["epochs"], "best_epoch": m.get("best_epoch"),
+            "final_test_accuracy": m["test_accuracy"], "final_test_accuracy_without_tta": m.get("test_accuracy_without_tta"),
+            "recon_mse": m.get("recon_mse"), "train_pflops": m.get("train_pflops"), "curve": points,
+            "thresholds": {f"{int(round(t * 100))}": reached(points, t) for t in THRESHOLDS},
+            "images_per_second": None if ips is None else round(ips, 1), "precision": precision,
+            "achieved_gflops": None if achieved is None else round(achieved, 1),
+            "fraction_of_peak": None if achieved is None else round(achieved / ref["peak_gflops"], 3)})
+    summary = summarize(per_seed)
+    result = {"trial": args.trial, "preset": args.preset, "seeds": args.seeds, "epochs": epochs or trial.settings(args.preset)["epochs"],
+              "train_images": json.loads((Path(per_seed[0]["run_folder"]) / "config.json").read_text())["train_images"],
+              "train_gflops_per_image": round(trial_flops(trial) / 1e9, 4),
+              "pflops_to_90": summary["pflops_to_90"], "pflops_to_93": summary["pflops_to_93"],
+              "final_test_accuracy_mean": summary["final_test_accuracy_mean"],
+              "final_test_accuracy_sd": summary["final_test_accuracy_sd"], "recon_mse": summary["recon_mse_mean"],
+              "summary": summary, "per_seed": per_seed, "machine": H.describe(), "peak": peak,
+              "curve": per_seed[0]["curve"], "command": "python " + " ".join(sys.argv),
+              "note": "final accuracy: each run's best-validation checkpoint on the full test set; the per-epoch "
+                      "test curve is for reporting only; PFLOPs: cifar_ae.compute, training FLOPs only"}
+    output = Path(args.output or Path(args.out) / f"{args.trial}-{args.preset}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output, result)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("per_seed", "curve", "summary", "peak", "machine")},
+                     indent=2))
 
 
 if __name__ == "__main__":

@@ -68,3 +68,22 @@ def test_malloc_is_tuned_through_mallopt():
     assert applied == {"M_MMAP_MAX": 0, "M_TRIM_THRESHOLD": 1 << 30, "M_TOP_PAD": 256 << 20}
     a = np.ones(64 << 20, np.uint8)  # a 64 MiB block still allocates and frees
     assert a.sum() == 64 << 20
+
+
+def test_time_to_accuracy_reports_compute_to_each_threshold_over_seeds(tmp_path, cifar_dir):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import time_to_accuracy
+    out = tmp_path / "tta.json"
+    time_to_accuracy.main(["--trial", "v2-joint-noaug", "--preset", "smoke", "--epochs", "2", "--seeds", "0", "1",
+                           "--out", str(tmp_path / "runs"), "--output", str(out), "--peak-repeats", "1"])
+    r = json.loads(out.read_text())
+    for key in ("trial", "seeds", "pflops_to_90", "pflops_to_93", "final_test_accuracy_mean", "final_test_accuracy_sd",
+                "recon_mse", "command"):
+        assert key in r, key
+    assert r["seeds"] == [0, 1] and len(r["per_seed"]) == 2 and r["pflops_to_93"] is None
+    points = r["per_seed"][1]["curve"]
+    assert [p["epoch"] for p in points] == [1, 2] and all(0 <= p["test_accuracy"] <= 1 for p in points)
+    assert points[0]["pflops"] > 0 and points[1]["pflops"] == pytest.approx(2 * points[0]["pflops"], rel=1e-3)
+    assert 0 < r["per_seed"][0]["fraction_of_peak"] < 2
