@@ -47,7 +47,11 @@ class ArrayBatches(keras.utils.PyDataset):
         idx = np.sort(self.order[i * self.batch_size:(i + 1) * self.batch_size])
         xb = self.x[idx]
         if self.transform is not None:
-            xb = self.transform(xb, np.random.default_rng([self.seed, self.epoch, i, 1]))
+            rng = np.random.default_rng([self.seed, self.epoch, i, 1])
+            if getattr(self.transform, "wants_indices", False):  # e.g. the alternating flip
+                xb = self.transform(xb, rng, indices=idx, epoch=self.epoch)
+            else:
+                xb = self.transform(xb, rng)
         inputs = xb.astype(np.float32) / 255.0
         if self.scaling is not None:  # classifier input may be mean/z-scaled; reconstruction target stays in [0, 1]
             shift, scale = self.scaling

@@ -424,3 +424,106 @@ BUILDERS = {
     "feature_classifier": feature_classifier,
     "joint_model": joint_model,
 }
+
+
+# --------------------------------------------------------------------------- v4: the airbench-style joint model
+
+@keras.saving.register_keras_serializable("cifar_ae")
+class ScaledBias(layers.Layer):
+    """A per-channel bias stored as b / s and used as s * (b / s): with SGD its effective learning rate is s^2 times
+    the optimizer's (airbench's "bias learning-rate scale" for BatchNorm biases, without a second optimizer)."""
+
+    def __init__(self, lr_scale=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.lr_scale = float(lr_scale)
+
+    def build(self, input_shape):
+        self.bias = self.add_weight(name="bias", shape=(input_shape[-1],), initializer="zeros")
+
+    def call(self, x):
+        return x + ops.cast(self.bias * (self.lr_scale ** 0.5), x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "lr_scale": self.lr_scale}
+
+
+def bn_gelu(x, name, bn_momentum=0.4, bn_scale=False, bias_lr_scale=1.0):
+    """BatchNorm (no learnt scale, as airbench; its bias through ScaledBias) -> GELU."""
+    x = layers.BatchNormalization(momentum=bn_momentum, scale=bn_scale, center=False, epsilon=1e-5,
+                                  name=f"{name}_bn")(x)
+    x = ScaledBias(bias_lr_scale, name=f"{name}_bias")(x)
+    return layers.Activation("gelu", name=f"{name}_gelu")(x)
+
+
+def airbench_block(x, filters, name, **bn):
+    """airbench94's block: conv 3x3 -> 2x2 max-pool -> BN-GELU -> conv 3x3 -> BN-GELU."""
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+    x = layers.MaxPooling2D(name=f"{name}_pool")(x)
+    x = bn_gelu(x, f"{name}_1", **bn)
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(x)
+    return bn_gelu(x, f"{name}_2", **bn)
+
+
+def fast_joint(widths=(64, 256, 256), whiten_channels=24, patch_channels=48, decoder_width=64, bn_momentum=0.4,
+               bn_scale=False, bias_lr_scale=64.0, logit_scale=1 / 9):
+    """v4: airbench94's network (Jordan 2024, arXiv 2404.00498) as a joint model.
+
+    A 2x2 patch-whitening conv (`whiten`, initialised from the training images and frozen: Trial.whitening), GELU,
+    then airbench's blocks at widths 64 @16 and 256 @8: that (8, 8, 256) map and a linear 4x4 patch path (v3's,
+    for the decoder) are the `features` code. The head is airbench's third block @4, a global max-pool and a
+    bias-free Dense scaled by 1/9; the decoder is v3's residual one at `decoder_width`. BatchNorm: momentum 0.4
+    (PyTorch's 0.6), no learnt scale, biases at `bias_lr_scale` times the learning rate (ScaledBias).
+    """
+    bn = dict(bn_momentum=bn_momentum, bn_scale=bn_scale, bias_lr_scale=bias_lr_scale)
+    inputs = keras.Input(IMAGE_SHAPE, name="image")
+    x = inputs
+    if whiten_channels:
+        x = layers.Conv2D(whiten_channels, 2, padding="same", use_bias=False, name="whiten")(x)
+        x = layers.Activation("gelu", name="whiten_gelu")(x)
+    x = airbench_block(x, widths[0], "enc1", **bn)
+    x = airbench_block(x, widths[1], "enc2", **bn)
+    if patch_channels:
+        patches = layers.Conv2D(patch_channels, 4, strides=4, name="patch_code")(inputs)
+        code = layers.Concatenate(name="features")([x, patches])
+    else:
+        code = layers.Activation("linear", name="features")(x)
+    h = airbench_block(code, widths[2], "head", **bn)
+    h = layers.GlobalMaxPooling2D(name="head_global_pool")(h)
+    h = layers.Dense(NUM_CLASSES, use_bias=False, name="head_dense")(h)
+    h = layers.Rescaling(logit_scale, name="head_scale")(h)
+    label = layers.Activation("softmax", dtype="float32", name="label")(h)
+    r = conv_bn_relu(code, decoder_width, "dec_in", kernel_size=1, bn_momentum=0.9)
+    r = residual_block(r, decoder_width, "dec1_res", 0.9)
+    r = layers.Conv2DTranspose(3, 4, strides=4, activation="sigmoid", name="dec_unpatchify")(r)
+    reconstruction = layers.Activation("linear", dtype="float32", name="reconstruction")(r)
+    return keras.Model(inputs, {"reconstruction": reconstruction, "label": label}, name="fast_joint")
+
+
+def whitening_kernel(x_uint8, kernel_size=2, eps_scale=5e-4, max_images=5000):
+    """airbench's whitening init: the eigenvectors of the training images' kernel_size^2 x 3 patch second moments,
+    each divided by sqrt(eigenvalue + eps), as + and - filters -> a (k, k, 3, 2 * k*k*3) kernel."""
+    import numpy as np
+    from numpy.lib.stride_tricks import sliding_window_view
+    x = np.asarray(x_uint8[:max_images], np.float32) / 255.0
+    windows = sliding_window_view(x, (kernel_size, kernel_size), axis=(1, 2))  # (n, H-k+1, W-k+1, 3, k, k)
+    patches = np.moveaxis(windows, 3, -1).reshape(-1, kernel_size * kernel_size * 3)  # (h, w, c) order, as Keras
+    cov = patches.T.astype(np.float64) @ patches / len(patches)
+    values, vectors = np.linalg.eigh(cov)
+    values, vectors = values[::-1], vectors[:, ::-1]
+    scaled = vectors / np.sqrt(values + eps_scale * float(np.var(x)))
+    kernel = scaled.T.reshape(-1, kernel_size, kernel_size, 3).transpose(1, 2, 3, 0)
+    return np.concatenate([kernel, -kernel], axis=-1).astype(np.float32)
+
+
+def init_whitening(model, x_uint8):
+    """Set the `whiten` layer's kernel from the training images and freeze it; False if the model has none."""
+    try:
+        layer = model.get_layer("whiten")
+    except ValueError:
+        return False
+    layer.kernel.assign(whitening_kernel(x_uint8, layer.kernel_size[0]))
+    layer.trainable = False
+    return True
+
+
+BUILDERS["fast_joint"] = fast_joint

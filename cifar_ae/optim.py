@@ -6,27 +6,32 @@ tuning build from the same factories. Keras is imported only when a factory is c
 from __future__ import annotations
 
 
-def _weight_decay(wd):
-    return {"weight_decay": wd} if wd else {}
+def _extra(weight_decay, ema_momentum, ema_every):
+    kw = {"weight_decay": weight_decay} if weight_decay else {}
+    if ema_momentum:  # Keras keeps the EMA and writes it into the model every `ema_every` steps (lookahead-like)
+        kw.update(use_ema=True, ema_momentum=ema_momentum, ema_overwrite_frequency=ema_every)
+    return kw
 
 
-def _adam(learning_rate, weight_decay=None):
+def _adam(learning_rate, weight_decay=None, momentum=None, ema_momentum=None, ema_every=None):
     import keras
-    return keras.optimizers.Adam(learning_rate, **_weight_decay(weight_decay))
+    return keras.optimizers.Adam(learning_rate, **_extra(weight_decay, ema_momentum, ema_every))
 
 
-def _adamw(learning_rate, weight_decay=None):
+def _adamw(learning_rate, weight_decay=None, momentum=None, ema_momentum=None, ema_every=None):
     import keras
-    return keras.optimizers.AdamW(learning_rate, **_weight_decay(weight_decay))
+    return keras.optimizers.AdamW(learning_rate, **_extra(weight_decay, ema_momentum, ema_every))
 
 
-def _sgd(learning_rate, weight_decay=None):
+def _sgd(learning_rate, weight_decay=None, momentum=None, ema_momentum=None, ema_every=None):
     import keras
-    return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True, **_weight_decay(weight_decay))
+    return keras.optimizers.SGD(learning_rate, momentum=0.9 if momentum is None else momentum, nesterov=True,
+                                **_extra(weight_decay, ema_momentum, ema_every))
 
 
-# Trial.optimizer -> factory(learning_rate, weight_decay=None) -> keras optimizer
-OPTIMIZERS = {"adam": _adam, "adamw": _adamw, "sgd": _sgd}  # sgd: momentum 0.9, Nesterov
+# Trial.optimizer -> factory(learning_rate, weight_decay, momentum, ema_momentum, ema_every) -> keras optimizer.
+# momentum: SGD's (Nesterov; None -> 0.9); Adam's betas stay Keras' defaults.
+OPTIMIZERS = {"adam": _adam, "adamw": _adamw, "sgd": _sgd}
 
 
 def _plateau(trial, settings, monitor, mode):

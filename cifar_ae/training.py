@@ -139,6 +139,11 @@ def check_buildable(trial: Trial) -> None:
                          f"and a builder that takes an encoder; got upstream={trial.upstream!r}, model={trial.model}.")
     if trial.upstream is not None and get_trial(trial.upstream).task != "autoencoder":
         raise TrialError(f"trial '{trial.name}': upstream '{trial.upstream}' is not an autoencoder trial.")
+    if trial.momentum is not None and trial.optimizer != "sgd":
+        raise TrialError(f"trial '{trial.name}': momentum applies to optimizer='sgd' only; got optimizer={trial.optimizer!r}.")
+    if trial.whitening and "whiten_channels" not in inspect.signature(M.BUILDERS[trial.model]).parameters:
+        raise TrialError(f"trial '{trial.name}': whitening=True needs a builder with a `whiten` layer (fast_joint); "
+                         f"{trial.model} has none.")
     if trial.strategy == "mirrored" and keras.backend.backend() != "tensorflow":
         raise TrialError("strategy 'mirrored' needs the TensorFlow backend (KERAS_BACKEND=tensorflow).")
 
@@ -174,8 +179,9 @@ def label_loss(trial):
     return T.SmoothedSparseCE(trial.label_smoothing) if trial.label_smoothing else "sparse_categorical_crossentropy"
 
 
-def compile_model(model, trial):
-    optimizer = OPTIMIZERS[trial.optimizer](trial.learning_rate, trial.weight_decay)
+def compile_model(model, trial, steps_per_epoch=None):
+    optimizer = OPTIMIZERS[trial.optimizer](trial.learning_rate, trial.weight_decay, trial.momentum,
+                                            trial.ema_momentum, steps_per_epoch)
     if trial.task == "autoencoder":
         model.compile(optimizer, loss="mse", metrics=["mse"])
     elif trial.task == "classifier":
@@ -319,7 +325,9 @@ def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=Fa
     try:
         with distribution_scope(trial.strategy):
             model, _ = build_model(trial, preset, seed, out_dir, verbose, upstream_dir)
-            compile_model(model, trial)
+            if trial.whitening:  # from this run's training images, before compile fixes what trains
+                M.init_whitening(model, data["x_train"])
+            compile_model(model, trial, steps_per_epoch=-(-len(data["y_train"]) // trial.batch_size))
         with R.RunLock(run):
             config = R.read_config(run)
             if force:
@@ -451,9 +459,9 @@ def evaluate_model(model, trial, data, run, settings, seed) -> dict:
     infer_s = time.perf_counter() - t0
     names = data["class_names"]
     metrics = E.evaluate_outputs(trial.task, x_unit, data["y_test"], outputs, names)
-    if trial.tta_flip and trial.task != "autoencoder":
+    if (trial.tta_flip or trial.tta_crops) and trial.task != "autoencoder":
         plain = metrics["test_accuracy"]
-        outputs = T.predict_tta(model, x_in)
+        outputs = T.predict_tta(model, x_in, flip=trial.tta_flip, crops=trial.tta_crops)
         metrics = E.evaluate_outputs(trial.task, x_unit, data["y_test"], outputs, names)
         metrics["test_accuracy_without_tta"] = plain
     metrics["test_images"] = len(data["y_test"])

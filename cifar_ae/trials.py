@@ -128,6 +128,10 @@ FIELDS = {
     "class_weight": _options(None, "inverse", "effective"),
     "loss_weights": _mapping({"reconstruction", "label"}, _nonneg, none=True),
     "weight_decay": _number(0, 1, none=True),
+    "momentum": _number(0, 0.999, none=True),
+    "ema_momentum": _number(0, 0.99999, none=True),
+    "whitening": ("True or False", lambda v: isinstance(v, bool)),
+    "tta_crops": ("True or False", lambda v: isinstance(v, bool)),
     "lr_schedule": _options(*LR_SCHEDULES),
     "warmup": _number(0, 1),
     "label_smoothing": _number(0, 0.99),
@@ -191,6 +195,7 @@ class Trial:
     class_weight: str | None = None  # None | "inverse" | "effective"
     loss_weights: dict | None = None
     weight_decay: float | None = None  # decoupled (AdamW-style) weight decay, any optimizer
+    momentum: float | None = None      # SGD's momentum (None: 0.9)
     # tricks beyond the study (cifar_ae/tricks.py); each is off at its default
     lr_schedule: str | None = None     # None: constant LR + ReduceLROnPlateau | "onecycle"
     warmup: float = 0.2                # fraction of training spent warming up (onecycle)
@@ -198,6 +203,9 @@ class Trial:
     recon_weight: tuple | None = None  # (start, end): reconstruction loss weight scheduled over the epochs
     batch_sizes: tuple | None = None   # growing batch size, e.g. (128, 256, 512): equal stages of the epochs
     tta_flip: bool = False             # evaluate on image + mirror, averaged
+    tta_crops: bool = False            # also on the image shifted 1 px up-left and down-right (airbench's TTA)
+    whitening: bool = False            # initialise the model's `whiten` conv from the training patches, frozen
+    ema_momentum: float | None = None  # weights' EMA (Keras' use_ema), written into the model after every epoch
     precision: str = "float32"         # "auto": bf16 where the hardware has it natively (cifar_ae.hardware)
     strategy: str | None = None        # None | "mirrored": tf.distribute.MirroredStrategy over all devices
     presets: dict = field(default_factory=dict)  # per-preset overrides of PRESETS
@@ -262,6 +270,23 @@ def _v3_features(name, description, **kw):
     return Trial(name, description, **{**base, **kw})
 
 
+V4_AUGMENTATION = {"policy": None, "flip": "alternate", "translate": 2}  # airbench's: alternating flip, 2 px
+
+
+def _v4(name, description, **kw):
+    """airbench94's recipe on the joint model (cifar_ae.models.fast_joint), every trick a field (cifar_ae.tricks):
+    whitening, Nesterov SGD 0.85 at a large LR with decoupled weight decay, BatchNorm biases at 64x the LR, label
+    smoothing 0.2, batch 1024, alternating flip + 2 px translate, flip + crop TTA. The SGD constants are airbench's
+    (lr 11.5 and wd 0.0153 per 1024 summed-loss examples) converted to Keras' mean loss and decoupled decay.
+    quick = 4 epochs (~0.15 PFLOP), full = 9 (~0.35 PFLOP, airbench94's budget)."""
+    base = dict(task="joint", model="fast_joint", optimizer="sgd", momentum=0.85, learning_rate=1.5,
+                weight_decay=1.3e-5, batch_size=1024, lr_schedule="onecycle", warmup=0.23, label_smoothing=0.2,
+                recon_weight=(10.0, 10.0), loss_weights={"reconstruction": 1.0, "label": 1.0},
+                augmentation=V4_AUGMENTATION, tta_flip=True, tta_crops=True, whitening=True, precision="auto",
+                presets={"quick": {"epochs": 4}, "full": {"epochs": 9}}, study={"test_accuracy": 0.86})
+    return Trial(name, description, **{**base, **kw})
+
+
 TRIALS = {t.name: t for t in [
     Trial("v0-mlp-ae", "MLP autoencoder: 768-unit code, BatchNorm'd features.", task="autoencoder",
           model="mlp_autoencoder", presets={"quick": {"epochs": 10}, "full": {"epochs": 50}},
@@ -305,6 +330,11 @@ TRIALS = {t.name: t for t in [
     _v3_features("v3-feature-resnet", "The frozen v3-cnn-ae features rendered back to 32x32 by a learned linear "
                  "Conv2DTranspose, then resnet_joint's encoder and head; only the classifier trains.",
                  model_args={"render_channels": 16}),
+    _v4("v4-joint-fast", "airbench94's network and recipe as a joint model (reconstruction + label from one code)."),
+    _v4("v4-joint-fast-norecon", "v4-joint-fast without the decoder's loss (reconstruction weight 0): the control "
+        "for what reconstructing costs or gives.", loss_weights={"reconstruction": 0.0, "label": 1.0}, recon_weight=None),
+    _v4("v4-joint-fast-balanced", "v4-joint-fast on the balanced control set (2,500 per class): the control for "
+        "what the imbalance costs.", train_set="balanced"),
     _v3_features("v3-feature-resnet-decoded", "v3-feature-resnet reading the frozen v3-cnn-ae code through the "
                  "frozen decoder (its reconstruction) instead of a learned render: only the classifier trains.",
                  feature_layer="reconstruction"),

@@ -18,6 +18,10 @@ TRICKS = (  # (Trial field, what it does, its off value)
     ("recon_weight", "(a, b): the reconstruction loss weight goes a -> b linearly over the epochs", None),
     ("batch_sizes", "(b1, b2, ..): the batch size grows, one size per equal stage of the epochs", None),
     ("tta_flip", "test predictions average the image and its mirror", False),
+    ("tta_crops", "... and the image shifted 1 px up-left and down-right (airbench's multi-crop TTA)", False),
+    ("whitening", "a frozen 2x2 patch-whitening first conv, from the training images' patch eigenvectors", False),
+    ("momentum", "SGD's Nesterov momentum (airbench: 0.85)", None),
+    ("ema_momentum", "an EMA of the weights, written into the model every epoch (lookahead-like)", None),
     ("precision", "'auto': bf16 compute, float32 variables, only where bf16 is native (cifar_ae.hardware)", "float32"),
 )
 
@@ -102,10 +106,26 @@ def batch_stages(batch_sizes, epochs):
     return [(int(a), int(b), int(bs)) for a, b, bs in zip(bounds[:-1], bounds[1:], batch_sizes) if b > a]
 
 
-def predict_tta(model, x, batch_size=256):
-    """predict() averaged with predict() on horizontally mirrored images (label probabilities only)."""
-    out = model.predict(x, batch_size=batch_size, verbose=0)
-    flipped = model.predict(x[:, :, ::-1, :], batch_size=batch_size, verbose=0)
-    if isinstance(out, dict):
-        return {**out, "label": (out["label"] + flipped["label"]) / 2}
-    return (out + flipped) / 2
+def shift(x, dy, dx):
+    """Images moved by (dy, dx) pixels, the uncovered edge filled by reflection."""
+    p = max(abs(dy), abs(dx))
+    padded = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+    h, w = x.shape[1:3]
+    return padded[:, p - dy:p - dy + h, p - dx:p - dx + w]
+
+
+def predict_tta(model, x, batch_size=256, flip=True, crops=False):
+    """Label probabilities averaged over test-time views: the image and its mirror (flip); with crops also the
+    image shifted 1 px up-left and down-right (airbench's weights: 1/2 centre, 1/4 each shift). Other outputs
+    (the reconstruction) come from the plain image."""
+    def probs(v):
+        out = model.predict(v, batch_size=batch_size, verbose=0)
+        p = out["label"] if isinstance(out, dict) else out
+        if flip:
+            q = model.predict(v[:, :, ::-1, :], batch_size=batch_size, verbose=0)
+            p = (p + (q["label"] if isinstance(q, dict) else q)) / 2
+        return out, p
+    out, p = probs(x)
+    if crops:
+        p = 0.5 * p + 0.25 * probs(shift(x, -1, -1))[1] + 0.25 * probs(shift(x, 1, 1))[1]
+    return {**out, "label": p} if isinstance(out, dict) else p

@@ -1,0 +1,69 @@
+"""v4, airbench's recipe on the joint model: each trick is a field, and each does what it says."""
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from augment import make_augmenter
+from augment.fast import alternating_flip
+from cifar_ae import models as M, tricks as T
+from cifar_ae.training import run_trial
+from cifar_ae.trials import TRIALS, TrialError
+
+
+def test_alternating_flip_shows_every_image_both_ways_over_two_epochs():
+    x = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    idx = np.arange(1000, 1064)
+    e0, e1, e2 = (alternating_flip(x, idx, e) for e in (0, 1, 2))
+    flipped0 = np.array([np.array_equal(a, b[:, ::-1]) for a, b in zip(e0, x)])
+    flipped1 = np.array([np.array_equal(a, b[:, ::-1]) for a, b in zip(e1, x)])
+    assert 10 < flipped0.sum() < 54 and np.array_equal(flipped0, ~flipped1) and np.array_equal(e0, e2)
+    aug = make_augmenter({"policy": None, "flip": "alternate", "translate": 2})
+    assert aug.wants_indices
+    with pytest.raises(ValueError, match="needs each image's index"):
+        aug(x, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="flip must be True, False or 'alternate'"):
+        make_augmenter({"flip": "sometimes"})
+
+
+def test_whitening_kernel_whitens_the_training_patches(cifar):
+    x = cifar.x_train[::10][:2000]
+    k = M.whitening_kernel(x)
+    assert k.shape == (2, 2, 3, 24) and np.allclose(k[..., :12], -k[..., 12:])
+    from numpy.lib.stride_tricks import sliding_window_view
+    patches = np.moveaxis(sliding_window_view(x / 255.0, (2, 2), axis=(1, 2)), 3, -1).reshape(-1, 12)
+    out = patches @ k[..., :12].reshape(12, 12)
+    cov = out.T @ out / len(out)
+    diag = np.diag(cov)  # lambda / (lambda + eps): unit variance, but the weakest directions damped by eps
+    assert np.allclose(diag[:6], 1.0, atol=0.02) and np.all((diag > 0.2) & (diag <= 1.0 + 1e-6))
+    assert np.abs(cov - np.diag(diag)).max() < 1e-3  # decorrelated
+
+
+def test_crop_tta_averages_shifted_views():
+    x = np.random.default_rng(0).random((4, 32, 32, 3)).astype(np.float32)
+    assert np.array_equal(T.shift(x, 1, 1)[:, 1:, 1:], x[:, :-1, :-1])
+    model = M.fast_joint(widths=(8, 16, 16), whiten_channels=0, patch_channels=4, decoder_width=8)
+    plain = T.predict_tta(model, x, flip=False)
+    both = T.predict_tta(model, x, flip=True, crops=True)
+    assert both["label"].shape == (4, 10) and np.allclose(both["label"].sum(1), 1, atol=1e-5)
+    assert not np.allclose(plain["label"], both["label"]) and np.array_equal(plain["reconstruction"], both["reconstruction"])
+
+
+@pytest.mark.parametrize("name", ["v4-joint-fast", "v4-joint-fast-norecon", "v4-joint-fast-balanced"])
+def test_v4_trials_run_on_smoke(name, tmp_path, cifar_dir):
+    run = run_trial(name, "smoke", 0, out_dir=tmp_path, verbose=0)
+    m = json.loads((run / "metrics.json").read_text())
+    assert 0 <= m["test_accuracy"] <= 1 and "test_accuracy_without_tta" in m and 0 < m["recon_mse"] < 0.3
+    model = keras.saving.load_model(run / "model.keras", safe_mode=True, compile=False)
+    assert not model.get_layer("whiten").trainable  # whitened, then frozen
+    config = json.loads((run / "config.json").read_text())
+    assert config["trial"]["momentum"] == 0.85 and config["trial"]["augmentation"]["flip"] == "alternate"
+
+
+def test_trick_fields_are_checked():
+    with pytest.raises(TrialError, match="momentum applies to optimizer='sgd' only"):
+        run_trial("v3-joint-resnet", "smoke", 0, momentum=0.9)
+    with pytest.raises(TrialError, match="whitening=True needs a builder with a `whiten` layer"):
+        run_trial("v2-joint-noaug", "smoke", 0, whitening=True)
+    assert TRIALS["v4-joint-fast"].ema_momentum is None and TRIALS["v2-joint-noaug"].whitening is False
