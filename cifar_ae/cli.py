@@ -71,7 +71,11 @@ def cmd_evaluate(args):
 
 
 def cmd_report(args):
-    from .report import collect_runs, markdown_table
+    from .report import collect_runs, markdown_table, write_study_tables
+    if args.study:  # the study's table: study trials on the study preset -> <output>/study.md and study.json
+        for path in write_study_tables(args.runs, args.output or args.runs, preset=args.preset or "study"):
+            print(f"wrote {path}")
+        return
     runs = collect_runs(args.runs)
     if args.preset:
         runs = [r for r in runs if r["metrics"].get("preset") == args.preset]
@@ -142,7 +146,9 @@ def main(argv=None):
     p = sub.add_parser("report", help="markdown table of all run folders")
     p.add_argument("--runs", default=os.environ.get("CIFAR_AE_RUNS", "runs"))
     p.add_argument("--preset", default=None)
-    p.add_argument("--output", default=None, help="also write the table to this file")
+    p.add_argument("--output", default=None, help="also write the table to this file (with --study: a folder)")
+    p.add_argument("--study", action="store_true", help="the study's table (study.md): mean and sd over seeds, "
+                   "the study's numbers, verdicts, per-class recall")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("compare", help="two or more run folders side by side: metrics, per-class recall, curves")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders, e.g. runs/v2-joint-noaug/quick-s0 (baseline first)")
