@@ -87,6 +87,17 @@ def cmd_report(args):
     print(table)
 
 
+def cmd_figures(args):
+    """Redraw each run's curves.png from its history.csv (e.g. after the plotting code changed)."""
+    from .plots import save, training_curves
+    from .report import _history
+    for run in args.runs:
+        history = _history(run)
+        if not history:
+            raise FileNotFoundError(f"{run}: no history.csv; is it a run folder?")
+        print(save(training_curves(history), Path(run) / "figures" / "curves.png"))
+
+
 def cmd_compare(args):
     from .report import compare_figure, compare_markdown
     print(compare_markdown(*args.runs), end="")
@@ -150,6 +161,9 @@ def main(argv=None):
     p.add_argument("--study", action="store_true", help="the study's table (study.md): mean and sd over seeds, "
                    "the study's numbers, verdicts, per-class recall")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("figures", help="redraw run folders' curves.png from their history.csv")
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.set_defaults(func=cmd_figures)
     p = sub.add_parser("compare", help="two or more run folders side by side: metrics, per-class recall, curves")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders, e.g. runs/v2-joint-noaug/quick-s0 (baseline first)")
     p.add_argument("--figure", default=None, metavar="PNG", help="also write the overlaid training curves here")
