@@ -34,6 +34,17 @@ def random_flip(images, rng):
     return out
 
 
+def alternating_flip(images, indices, epoch, seed=0):
+    """airbench's flip (Jordan 2024): each image's epoch-0 mirror is a seeded coin by its index, then it alternates
+    every epoch, so over any two epochs every image is seen both ways (random flips repeat a side half the time)."""
+    indices = np.asarray(indices, np.uint64)
+    first = ((indices * np.uint64(2654435761) + np.uint64(seed)) >> np.uint64(15)) & np.uint64(1)
+    flip = (first.astype(bool)) ^ bool(int(epoch) % 2)
+    out = images.copy()
+    out[flip] = images[flip, :, ::-1]
+    return out
+
+
 def pad_and_crop(images, pad, rng, pad_mode="reflect"):
     """Pad by ``pad`` px, then crop back at a random offset per image: a shift of up to +-pad px."""
     n, h, w = images.shape[:3]
@@ -73,7 +84,9 @@ class BatchAugmenter:
     The order follows AutoAugment's CIFAR-10 training code. It holds no random state of its own: everything
     is drawn from the rng it is given, so ArrayBatches' (seed, epoch, batch) rng makes batches reproducible.
     policy: a name in ``augment.POLICIES``, a policy dict, or None for the base augmentation only.
-    translate: pad-and-crop shift in px (0 = off); pad_mode: 'reflect' or 'zero'. cutout: square side in px.
+    flip: True (random mirror), False, or "alternate" (`alternating_flip`: needs each image's index and the epoch,
+    which ArrayBatches passes). translate: pad-and-crop shift in px (0 = off); pad_mode: 'reflect' or 'zero'.
+    cutout: square side in px.
     vectorised: run the policy's ops as numpy kernels over the batch (default) or through Pillow per image.
     """
 
@@ -84,19 +97,31 @@ class BatchAugmenter:
         for name, value in (("translate", translate), ("cutout", cutout)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"{name} must be a whole number of pixels >= 0, got {value!r}.")
+        if flip not in (True, False, "alternate"):
+            raise ValueError(f"flip must be True, False or 'alternate', got {flip!r}.")
         self.policy = policy
         self.rules = None if policy is None else get_policy(policy)
-        self.flip, self.translate, self.pad_mode, self.cutout = bool(flip), int(translate), pad_mode, int(cutout)
+        self.flip = flip if flip == "alternate" else bool(flip)
+        self.translate, self.pad_mode, self.cutout = int(translate), pad_mode, int(cutout)
         self.vectorised = bool(vectorised)  # False: the policy through Pillow image by image (slower, for comparison)
 
-    def __call__(self, images, rng):
+    @property
+    def wants_indices(self):
+        """ArrayBatches passes indices= and epoch= to an augmenter that wants them."""
+        return self.flip == "alternate"
+
+    def __call__(self, images, rng, indices=None, epoch=0):
         out = check_batch(images)
         check_rng(rng)
         if self.rules is not None:
             out = (run_policy_batch if self.vectorised else apply_policy_batch)(out, self.rules, rng)
         if self.translate:
             out = pad_and_crop(out, self.translate, rng, self.pad_mode)
-        if self.flip:
+        if self.flip == "alternate":
+            if indices is None:
+                raise ValueError("flip='alternate' needs each image's index and the epoch (ArrayBatches passes them).")
+            out = alternating_flip(out, indices, epoch)
+        elif self.flip:
             out = random_flip(out, rng)
         if self.cutout:
             out = cutout(out, self.cutout, rng)
