@@ -18,6 +18,7 @@ pre-commit hook and a git clean filter: see .pre-commit-config.yaml and .gitattr
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import sys
@@ -146,6 +147,21 @@ def export_html(nb, path):
     return Path(path)
 
 
+@contextlib.contextmanager
+def _package_on_kernel_path():
+    """The kernel imports the cifar_ae this process runs, even from a checkout whose `pip install -e .` points
+    elsewhere (or is missing): the kernel inherits PYTHONPATH, with this repo first."""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_DIR)] + ([old] if old else []))
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
 def execute(name, preset="quick", seed=0, runs=None, out=None, cifar10_dir=None, force=False, parameters=None,
             kernel=KERNEL, progress_bar=False) -> dict:
     """Execute one notebook with papermill; returns the timing record (also written as timing.json).
@@ -177,8 +193,9 @@ def execute(name, preset="quick", seed=0, runs=None, out=None, cifar10_dir=None,
     started_wall, t0 = time.time(), time.perf_counter()
     error = None
     try:
-        pm.execute_notebook(str(source), str(out_nb), parameters=params, kernel_name=kernel, cwd=str(NOTEBOOK_DIR),
-                            progress_bar=progress_bar)
+        with _package_on_kernel_path():
+            pm.execute_notebook(str(source), str(out_nb), parameters=params, kernel_name=kernel,
+                                cwd=str(NOTEBOOK_DIR), progress_bar=progress_bar)
     except pm.PapermillExecutionError as e:
         error = f"In [{e.exec_count}] raised {e.ename}: {e.evalue}".splitlines()[0]
     except Exception as e:  # the kernel died (e.g. out of memory) or would not start
