@@ -328,23 +328,26 @@ def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=Fa
             if trial.whitening:  # from this run's training images, before compile fixes what trains
                 M.init_whitening(model, data["x_train"])
             compile_model(model, trial, steps_per_epoch=-(-len(data["y_train"]) // trial.batch_size))
-        with R.RunLock(run):
-            config = R.read_config(run)
-            if force:
-                _clear_run(run)
-                config = None
-            if config is not None:
-                R.check_same_run(run, key_digest, config)
-                if is_complete(run):  # another process finished it while this one waited
-                    return run
-            else:
-                config = _write_config(run, trial, preset, seed, settings, data, key, key_digest, precision,
-                                       determinism, upstream_dir, {**speed, "train_flops_per_image": C.train_flops_per_image(model)})
-            return _train_and_record(trial, preset, seed, settings, run, data, model, callbacks, verbose)
-    except BaseException:
-        if created and run.exists() and S.read_state(run) is None and not (run / "model.keras").exists():
-            shutil.rmtree(run, ignore_errors=True)  # nothing of this run was committed: leave no empty folder
-        raise
+        with R.RunLock(run):  # a process refused here has written nothing, and removes nothing
+            try:
+                config = R.read_config(run)
+                if force:
+                    _clear_run(run)
+                    config = None
+                if config is not None:
+                    R.check_same_run(run, key_digest, config)
+                    if is_complete(run):  # another process finished it while this one waited
+                        return run
+                else:
+                    config = _write_config(run, trial, preset, seed, settings, data, key, key_digest, precision,
+                                           determinism, upstream_dir,
+                                           {**speed, "train_flops_per_image": C.train_flops_per_image(model)})
+                return _train_and_record(trial, preset, seed, settings, run, data, model, callbacks, verbose)
+            except BaseException:
+                # still holding the lock: a folder this process made, with no epoch committed, goes
+                if created and S.read_state(run) is None and not (run / "model.keras").exists():
+                    shutil.rmtree(run, ignore_errors=True)
+                raise
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 

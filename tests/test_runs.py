@@ -197,14 +197,14 @@ CHILD = textwrap.dedent("""
     class PauseInEpoch(keras.callbacks.Callback):
         # a pause inside epoch 2 of 3, after its first batch: the parent SIGKILLs the process here
         def on_train_batch_end(self, batch, logs=None):
-            if self.epoch == 1:
+            if self.epoch == (0 if mode == "pause-in-epoch-1" else 1):
                 open(marker, "w").write(str(os.getpid()))
                 time.sleep(600)
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
 
     callbacks = []
-    if mode == "kill-in-epoch":
+    if mode in ("kill-in-epoch", "pause-in-epoch-1"):
         callbacks = [PauseInEpoch()]
     elif mode == "kill-in-evaluation":
         real = training.evaluate_model
@@ -278,6 +278,29 @@ def test_a_run_killed_in_epoch_2_resumes_exactly_and_admits_one_writer(tmp_path,
     assert got["recon_mse"] == pytest.approx(want["recon_mse"], rel=1e-5)
     assert got["confusion_matrix"] == want["confusion_matrix"]
     assert got["train_images_per_second"] > 0
+
+
+def test_a_refused_process_leaves_the_holders_first_epoch_alone(tmp_path, cifar_dir, monkeypatch):
+    # two processes start on a folder that does not exist yet; the one refused must not remove the folder the
+    # other is training into (it saw no folder, so it thought the folder its own)
+    import cifar_ae.runs as R
+    marker, holder, real_enter = tmp_path / "paused", [], R.RunLock.__enter__
+
+    def enter_once_the_other_holds_it(self):
+        holder.append(_child(tmp_path, "pause-in-epoch-1", marker))
+        _wait_for(marker, holder[0])
+        return real_enter(self)
+
+    monkeypatch.setattr(R.RunLock, "__enter__", enter_once_the_other_holds_it)
+    try:
+        with pytest.raises(RunConflict, match="being trained by another process"):
+            run_trial("v2-joint-noaug", "smoke", 0, out_dir=tmp_path, epochs=3, verbose=0)
+        (run,) = (tmp_path / "v2-joint-noaug").iterdir()
+        assert (run / "config.json").is_file() and (run / "checkpoints").is_dir()
+    finally:
+        for proc in holder:
+            proc.kill()
+            proc.wait()
 
 
 def test_a_kill_during_evaluation_does_not_retrain(tmp_path, uninterrupted, cifar_dir):
