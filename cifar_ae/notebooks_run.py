@@ -125,7 +125,7 @@ def _run_record(trial, variant, preset, seed, runs, started, force):
         return {**rec, "status": "missing"}
     m = json.loads(metrics_path.read_text())
     rec["status"] = "trained" if force or metrics_path.stat().st_mtime >= started else "reused"
-    for k in ("test_accuracy", "balanced_accuracy", "recon_mse", "recon_psnr", "epochs", "train_seconds_this_session", "study"):
+    for k in ("test_accuracy", "balanced_accuracy", "recon_mse", "recon_psnr", "epochs", "train_seconds", "study"):
         if k in m:
             rec[k] = m[k]
     return rec
@@ -253,6 +253,31 @@ def run_notebooks(names, preset="quick", seed=0, runs=None, out=None, cifar10_di
         raise NotebookFailed(f"{len(failed)} notebook(s) failed: " + "; ".join(
             f"{r['notebook']}: {r['error']} (see {r['html']})" for r in failed))
     return records
+
+
+def _timing_run(x) -> str:
+    label = x["trial"] + (f" [{x['variant']}]" if x.get("variant") else "")
+    took = x.get("train_seconds")
+    metrics = Path(x["run"]) / "metrics.json"
+    if took is None and metrics.is_file():  # a record written before timing.json carried it
+        took = json.loads(metrics.read_text()).get("train_seconds")
+    return f"{label} {x['status']}" + (f" ({took / 60:.1f} min training)" if took and x["status"] == "trained" else "")
+
+
+def timing_table(root) -> str:
+    """Markdown: one row per executed notebook under `root` (its timing.json files): wall time, and each trial
+    run it trained or reused, with that run's own training time."""
+    rows = []
+    for path in sorted(Path(root).rglob("timing.json")):
+        r = json.loads(path.read_text())
+        result = "ok" if r["ok"] else f"FAILED: {r['error']}"
+        runs = "; ".join(_timing_run(x) for x in r["runs"]) or "(its runs are trained inside the notebook)"
+        rows.append(f"| {r['notebook']} | {r['preset']}-s{r['seed']} | {result} | {r['seconds'] / 60:.1f} | "
+                    f"{r['started']} | {runs} |")
+    if not rows:
+        raise FileNotFoundError(f"no timing.json under {root}; run `python -m cifar_ae notebooks` first.")
+    return ("| notebook | preset | result | minutes | started | trial runs |\n|---|---|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")
 
 
 # --------------------------------------------------------------------------- clean committed notebooks

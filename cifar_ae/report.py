@@ -25,7 +25,7 @@ def _fmt(v, spec):
 
 def markdown_table(runs) -> str:
     head = ["trial", "preset", "seed", "test acc", "study acc", "balanced acc", "recon MSE", "study MSE", "PSNR dB",
-            "epochs", "train img/s", "wall s"] + [f"recall {c}" for c in CLASS_NAMES]
+            "epochs", "train img/s", "train s"] + [f"recall {c}" for c in CLASS_NAMES]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
         m, study = r["metrics"], r["metrics"].get("study", {})
@@ -34,7 +34,7 @@ def markdown_table(runs) -> str:
                _fmt(m.get("test_accuracy"), ".4f"), _fmt(study.get("test_accuracy"), ".2f"),
                _fmt(m.get("balanced_accuracy"), ".4f"), _fmt(m.get("recon_mse"), ".5f"), _fmt(study.get("recon_mse"), ".4f"),
                _fmt(m.get("recon_psnr"), ".2f"), str(m.get("epochs", "")), _fmt(m.get("train_images_per_second"), ".0f"),
-               _fmt(m.get("train_seconds_this_session"), ".0f")] + recalls
+               _fmt(m.get("train_seconds", m.get("train_seconds_this_session")), ".0f")] + recalls
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 

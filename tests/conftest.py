@@ -38,3 +38,43 @@ def tuning_env(tmp_path):
     for k in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
         env.pop(k, None)
     return env
+
+
+class TuneProcesses:
+    """`python -m cifar_ae tune` as a chief and workers, each a subprocess that logs to <tmp>/<name>.log.
+
+    A context manager: on exit every process still running is terminated (then killed) and the logs closed.
+    """
+
+    def __init__(self, tmp_path, command, cwd):
+        self.tmp_path, self.command, self.cwd = tmp_path, list(command), cwd
+        self.env, self.procs, self.logs = tuning_env(tmp_path), {}, {}
+
+    def start(self, name, extra):
+        import subprocess
+        self.logs[name] = open(self.tmp_path / f"{name}.log", "w")
+        self.procs[name] = subprocess.Popen(self.command + extra, cwd=self.cwd, env=self.env,
+                                            stdout=self.logs[name], stderr=subprocess.STDOUT)
+        return self.procs[name]
+
+    def tail(self, name=None):
+        names = [name] if name else list(self.procs)
+        return "\n".join(f"--- {n} ---\n" + (self.tmp_path / f"{n}.log").read_text()[-3000:] for n in names)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        import subprocess
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+        for f in self.logs.values():
+            f.close()
+        return False

@@ -246,3 +246,21 @@ def test_the_pinned_front_end_and_its_kernel_start(tmp_path):
     NotebookClient(notebook, kernel_name=nbrun.KERNEL, timeout=300).execute()
     out = notebook.cells[1].outputs[0]["text"]
     assert out.startswith("True") and os.path.realpath(out.split()[1]) == os.path.realpath(sys.executable)
+
+
+def test_report_tables_the_notebooks_timing_files(tmp_path, capsys):
+    run = tmp_path / "v0-dense" / "quick-s0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"train_seconds": 90.0}))
+    folder = tmp_path / "notebooks" / "cifar_classification_v0" / "quick-s0"
+    folder.mkdir(parents=True)
+    (folder / "timing.json").write_text(json.dumps({
+        "notebook": "cifar_classification_v0", "preset": "quick", "seed": 0, "ok": True, "error": None,
+        "seconds": 390.5, "started": "2026-12-01T12:44:57+00:00",
+        "runs": [{"trial": "v0-dense", "variant": None, "run": str(run), "status": "trained"}]}))
+    assert cli.main(["report", "--notebooks", "--runs", str(tmp_path / "notebooks"),
+                     "--output", str(tmp_path / "nb.md")]) == 0
+    row = "| cifar_classification_v0 | quick-s0 | ok | 6.5 | 2026-12-01T12:44:57+00:00 | v0-dense trained (1.5 min training) |"
+    assert row in capsys.readouterr().out and row in (tmp_path / "nb.md").read_text()
+    with pytest.raises(FileNotFoundError, match="no timing.json under"):
+        nbrun.timing_table(tmp_path / "empty")

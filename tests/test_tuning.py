@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import free_port, tuning_env
+from conftest import TuneProcesses, free_port
 
 import numpy as np
 import pytest
@@ -187,50 +187,29 @@ def test_chief_and_two_workers_share_one_search(tmp_path, cifar_dir, tuner):
     base = [sys.executable, "-m", "cifar_ae", "tune", "--tuner", tuner, "--max-trials", str(max_trials),
             "--preset", "smoke", "--out", str(runs), "--results", str(results), "--save-trial", "tuned-dist",
             "--oracle-ip", "127.0.0.1", "--oracle-port", str(port)]
-    env, procs, logs = tuning_env(tmp_path), {}, {}
-
-    def start(name, extra):
-        logs[name] = open(tmp_path / f"{name}.log", "w")
-        procs[name] = subprocess.Popen(base + extra, cwd=REPO, env=env, stdout=logs[name], stderr=subprocess.STDOUT)
-
-    def tail(name):
-        return f"--- {name} ---\n" + (tmp_path / f"{name}.log").read_text()[-3000:]
-
-    try:
-        start("chief", ["--chief", "--overwrite"])
+    with TuneProcesses(tmp_path, base, REPO) as tp:
+        tp.start("chief", ["--chief", "--overwrite"])
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # the chief listens once its oracle exists
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
-            assert procs["chief"].poll() is None, tail("chief")
+            assert tp.procs["chief"].poll() is None, tp.tail("chief")
             time.sleep(0.5)
         else:
-            pytest.fail("chief never listened\n" + tail("chief"))
-        start("w0", ["--worker", "0"])
-        start("w1", ["--worker", "1"])
+            pytest.fail("chief never listened\n" + tp.tail("chief"))
+        tp.start("w0", ["--worker", "0"])
+        tp.start("w1", ["--worker", "1"])
         deadline = time.monotonic() + 150
         for name in ("w0", "w1", "chief"):
             try:
-                rc = procs[name].wait(timeout=max(1, deadline - time.monotonic()))
+                rc = tp.procs[name].wait(timeout=max(1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                pytest.fail(f"{name} still running at the deadline\n" + "\n".join(tail(n) for n in procs))
-            assert rc == 0, tail(name)
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=10)
-        for f in logs.values():
-            f.close()
+                pytest.fail(f"{name} still running at the deadline\n" + tp.tail())
+            assert rc == 0, tp.tail(name)
 
     records = _trial_records(runs / "tuning" / f"joint-{tuner}-smoke-s0")
-    assert len(records) == max_trials, "\n".join(tail(n) for n in procs)
+    assert len(records) == max_trials, tp.tail()
     assert all(t["status"] == "COMPLETED" for t, _ in records.values())
     ran_by = [side["tuner_id"] for _, side in records.values()]
     assert set(ran_by) == {"worker0", "worker1"}, ran_by

@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import free_port, tuning_env
+from conftest import TuneProcesses, free_port, tuning_env
 
 import pytest
 
@@ -38,18 +38,9 @@ def test_forged_reports_are_refused_and_the_best_is_rescored_by_the_chief(tmp_pa
     base = [sys.executable, "-m", "cifar_ae", "tune", "--tuner", "random", "--max-trials", "2", "--preset", "smoke",
             "--out", str(runs), "--results", str(results), "--save-trial", "tuned-sec", "--oracle-ip", "127.0.0.1",
             "--oracle-port", str(port)]
-    env, procs, logs = tuning_env(tmp_path), {}, {}
-
-    def start(name, extra):
-        logs[name] = open(tmp_path / f"{name}.log", "w")
-        procs[name] = subprocess.Popen(base + extra, cwd=REPO, env=env, stdout=logs[name], stderr=subprocess.STDOUT)
-
-    def tail(name):
-        return f"--- {name} ---\n" + (tmp_path / f"{name}.log").read_text()[-3000:]
-
     service = protos.get_service()
-    try:
-        start("chief", ["--chief", "--overwrite", "--trial-timeout", "20"])  # 'evil' is forgotten 20 s after its report
+    with TuneProcesses(tmp_path, base, REPO) as tp:
+        tp.start("chief", ["--chief", "--overwrite", "--trial-timeout", "20"])  # 'evil' is forgotten 20 s after its report
         stub = protos.get_service_grpc().OracleStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
         space = hp_module.HyperParameters.from_proto(
             stub.GetSpace(service.GetSpaceRequest(), wait_for_ready=True, timeout=90).hyperparameters)
@@ -81,16 +72,9 @@ def test_forged_reports_are_refused_and_the_best_is_rescored_by_the_chief(tmp_pa
             "val_label_balanced_accuracy": 0.99}, step=0), timeout=30)
         end(mine.__class__(hyperparameters=mine.hyperparameters, trial_id=mine.trial_id, status="COMPLETED"))
         # an honest worker runs the other trial; the chief then re-scores both itself
-        start("w0", ["--worker", "0"])
+        tp.start("w0", ["--worker", "0"])
         for name in ("w0", "chief"):
-            assert procs[name].wait(timeout=300) == 0, tail(name)
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=10)
-        for f in logs.values():
-            f.close()
+            assert tp.procs[name].wait(timeout=300) == 0, tp.tail(name)
 
     summary = json.loads((results / "tuning.json").read_text())
     assert len(summary["refused_reports"]) == 4, summary["refused_reports"]
