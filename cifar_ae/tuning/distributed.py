@@ -40,6 +40,17 @@ def in_space(hp_space, values) -> str | None:
     return None
 
 
+def _expiring(name):
+    """An oracle attribute whose every read first expires the trials and tuners that went silent."""
+    def get(self):
+        self._expire()
+        return self.__dict__[name]
+
+    def set(self, value):
+        self.__dict__[name] = value
+    return property(get, set)
+
+
 class TrialGuard:
     """Oracle mixin for the chief: keras-tuner's gRPC service has no authentication, so every report is checked.
 
@@ -56,23 +67,8 @@ class TrialGuard:
     trial_timeout = 3600.0
 
     # keras-tuner's chief polls these two to decide when to exit: reading them expires the silent ones first
-    @property
-    def tuner_ids(self):
-        self._expire()
-        return self.__dict__["tuner_ids"]
-
-    @tuner_ids.setter
-    def tuner_ids(self, value):
-        self.__dict__["tuner_ids"] = value
-
-    @property
-    def ongoing_trials(self):
-        self._expire()
-        return self.__dict__["ongoing_trials"]
-
-    @ongoing_trials.setter
-    def ongoing_trials(self, value):
-        self.__dict__["ongoing_trials"] = value
+    tuner_ids = _expiring("tuner_ids")
+    ongoing_trials = _expiring("ongoing_trials")
 
     def _guard_state(self):
         if "_handed_out" not in self.__dict__:
