@@ -180,6 +180,7 @@ def execute(name, preset="quick", seed=0, runs=None, out=None, cifar10_dir=None,
     params = {**(parameters or {}), "PRESET": preset, "SEED": int(seed), "RUNS": str(runs_root(runs))}
     if "FORCE" in defaults or force:  # the anomaly notebook has no FORCE: asking for one there is an error below
         params["FORCE"] = bool(force)
+    cifar10_dir = cifar10_dir or os.environ.get("CIFAR10_DIR")  # resolved here: the kernel runs in notebooks/
     if cifar10_dir:
         params["CIFAR10_DIR"] = str(Path(cifar10_dir).expanduser().resolve())
     unknown = sorted(set(params) - set(defaults))

@@ -4,6 +4,10 @@ import warnings
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# CI sets CIFAR10_DIR=../shared/cifar10, relative to the checkout; tests run children from other folders
+# (a copied checkout, notebooks/), so every child gets the absolute path.
+if os.environ.get("CIFAR10_DIR"):
+    os.environ["CIFAR10_DIR"] = os.path.abspath(os.path.expanduser(os.environ["CIFAR10_DIR"]))
 warnings.filterwarnings("ignore", message=r".*scipy\.ndimage.*", category=DeprecationWarning)
 
 
