@@ -1,14 +1,14 @@
 """Which augmentation helps (the study's next step: "different data augmentation techniques that contribute to
 better performance can be checked (AutoAugment)").
 
-    CIFAR10_DIR=../shared/cifar10 python benchmarks/augmentation.py --preset quick --epochs 2 \
-        --output results/augmentation --keep results/runs/augmentation   # the committed table
+    CIFAR10_DIR=../shared/cifar10 python benchmarks/augmentation.py --preset quick --epochs 2 --model-epochs v3=1 \
+        --output results/augmentation --keep results/runs/augmentation --commit   # the committed table
 
 Rows: none, flip + translate, the study's PIL policy, AutoAugment CIFAR-10, RandAugment, TrivialAugment (each with
 flip + translate), then cutout 16 added to the best of those; for the study's joint model (v2-joint-noaug's
-recipe) and the v3 joint model (v3-joint-resnet-patch). One short fixed budget (the same epochs) for every row, one
-seed; the three best rows of each model get a second seed. Test accuracy, the halved classes' recall and the
-reconstruction MSE, from the run folders only.
+recipe) and the v3 joint model (v3-joint-resnet-patch). One short fixed budget (the same epochs) for every row of a
+model (v3's epochs cost ~4x v2's on CPU, hence --model-epochs), one seed; the three best rows of each model get a
+second seed. Test accuracy, the halved classes' recall and the reconstruction MSE, from the run folders only.
 """
 from __future__ import annotations
 
@@ -51,43 +51,56 @@ def table(found) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="quick")
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=2, help="epochs per row, for every model")
+    ap.add_argument("--model-epochs", nargs="+", default=[], metavar="MODEL=N",
+                    help="another budget for one model's rows, e.g. v3=1 (its epochs cost ~4x v2's on CPU)")
     ap.add_argument("--models", nargs="+", default=list(BASES), choices=list(BASES))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--extra-seed", type=int, default=1, help="second seed for each model's three best rows (-1: none)")
     ap.add_argument("--runs", default="runs/augmentation")
     ap.add_argument("--keep", default="", help="copy the small run files here, e.g. results/runs/augmentation")
     ap.add_argument("--output", default=None, help="table path without suffix (default: <runs>/augmentation)")
+    ap.add_argument("--commit", action="store_true", help="git-commit each finished run's kept files at once")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args(argv)
+    epochs = {key: args.epochs for key in args.models}
+    for item in args.model_epochs:
+        key, _, n = item.partition("=")
+        if key not in epochs or not n.isdigit() or int(n) < 1:
+            ap.error(f"--model-epochs takes MODEL=N with MODEL one of {', '.join(epochs)} and N >= 1; got '{item}'")
+        epochs[key] = int(n)
     command, sections, records = "python " + " ".join(sys.argv), [], {}
     for key in args.models:
-        base, root = BASES[key], Path(args.runs) / key
+        base, root, n_epochs = BASES[key], Path(args.runs) / key, epochs[key]
         if not args.table_only:
-            runs = [X.run_row(base, row, ch, args.preset, args.seed, args.epochs, root) for row, ch in rows_for().items()]
+            done = X.keeper(args.runs, args.keep, args.commit, f"augmentation {key} {args.preset} {n_epochs} epochs")
+            for row, ch in rows_for().items():
+                done(X.run_row(base, row, ch, args.preset, args.seed, n_epochs, root))
             found = X.collect(root, base, args.preset, rows_for(), [args.seed])
             cut_row, cut = list(rows_for(found).items())[-1]
-            runs.append(X.run_row(base, cut_row, cut, args.preset, args.seed, args.epochs, root))
+            done(X.run_row(base, cut_row, cut, args.preset, args.seed, n_epochs, root))
             if args.extra_seed >= 0:
                 found = X.collect(root, base, args.preset, rows_for(found), [args.seed])
-                top = sorted(found, key=lambda r: -found[r]["test_accuracy"])[:3]
                 all_rows = rows_for(found)
-                runs += [X.run_row(base, r, all_rows[r], args.preset, args.extra_seed, args.epochs, root) for r in top]
-            if args.keep:
-                for run in runs:
-                    X.keep(run, args.runs, args.keep)
+                for r in sorted(found, key=lambda r: -found[r]["test_accuracy"])[:3]:
+                    done(X.run_row(base, r, all_rows[r], args.preset, args.extra_seed, n_epochs, root))
         read_root = Path(args.keep) / key if args.table_only and args.keep else root
         first = X.collect(read_root, base, args.preset, rows_for(), [args.seed])
         found = X.collect(read_root, base, args.preset, rows_for(first), [args.seed, args.extra_seed])
         if found:
             records[key] = found
-            sections.append(f"## {base}\n\n" + table(found))
+            ran = "/".join(str(e) for e in sorted({s["epochs"] for s in found.values()}))  # as the runs recorded it
+            sections.append(f"## {base}, {ran} epochs per row\n\n" + table(found))
     if not sections:
         sys.exit(f"no complete augmentation runs under {args.runs}; run without --table-only first.")
-    X.write_table(args.output or Path(args.runs) / "augmentation",
-                  f"Which augmentation helps: preset {args.preset}, {args.epochs} epochs per row", command,
-                  "One budget (the same epochs) for every row; the three best rows of each model have a second seed.",
-                  "\n".join(sections), {"bases": BASES, "rows": records})
+    output = Path(args.output or Path(args.runs) / "augmentation")
+    X.write_table(output,
+                  f"Which augmentation helps: preset {args.preset}", command,
+                  "One budget (the same epochs) for every row of a model; the three best rows of each model have a second seed.",
+                  "\n".join(sections), {"bases": BASES, "epochs": epochs, "rows": records})
+    if args.commit and not args.table_only:
+        X.commit([output.with_suffix(".md"), output.with_suffix(".json")],
+                 "results/augmentation: the table from its run folders")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Encoder blocks compared (the study's next step: "check how much ResNet or Inception layers help in accuracy and
 if they also help in reducing training time; the block of NASNet can also be tried").
 
-    CIFAR10_DIR=../shared/cifar10 python benchmarks/blocks.py --preset quick --epochs 3 \
-        --output results/blocks --keep results/runs/blocks       # the committed table (without: all under runs/)
+    CIFAR10_DIR=../shared/cifar10 python benchmarks/blocks.py --preset quick --epochs 2 \
+        --output results/blocks --keep results/runs/blocks --commit   # the committed table (without: all under runs/)
 
 Each row is v2-joint-noaug (the study's joint model) with `model_args={"block": ...}` (models.ENCODER_BLOCKS, each
 at a width within ~12% of the VGG encoder's parameters), trained for the same epochs; the two best get a second
@@ -35,34 +35,38 @@ def table(found) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="quick")
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--blocks", nargs="+", default=list(BLOCKS), choices=BLOCKS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--extra-seed", type=int, default=1, help="second seed for the two best blocks (-1: none)")
     ap.add_argument("--runs", default="runs/blocks")
     ap.add_argument("--keep", default="", help="copy the small run files here, e.g. results/runs/blocks")
     ap.add_argument("--output", default=None, help="table path without suffix (default: <runs>/blocks)")
+    ap.add_argument("--commit", action="store_true", help="git-commit each finished run's kept files at once")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args(argv)
     rows = {f"block-{b}": {"model_args": {"block": b}} for b in args.blocks}
     if not args.table_only:
-        runs = [X.run_row(BASE, row, ch, args.preset, args.seed, args.epochs, args.runs) for row, ch in rows.items()]
+        done = X.keeper(args.runs, args.keep, args.commit, f"blocks {args.preset} {args.epochs} epochs")
+        for row, ch in rows.items():
+            done(X.run_row(BASE, row, ch, args.preset, args.seed, args.epochs, args.runs))
         if args.extra_seed >= 0:
             first = X.collect(args.runs, BASE, args.preset, rows, [args.seed])
-            best = sorted(first, key=lambda r: -first[r]["test_accuracy"])[:2]
-            runs += [X.run_row(BASE, row, rows[row], args.preset, args.extra_seed, args.epochs, args.runs) for row in best]
-        if args.keep:
-            for run in runs:
-                X.keep(run, args.runs, args.keep)
+            for row in sorted(first, key=lambda r: -first[r]["test_accuracy"])[:2]:
+                done(X.run_row(BASE, row, rows[row], args.preset, args.extra_seed, args.epochs, args.runs))
     root = args.keep if args.table_only and args.keep else args.runs
     found = X.collect(root, BASE, args.preset, rows, [args.seed, args.extra_seed])
     if not found:
         sys.exit(f"no complete block runs under {root}; run without --table-only first.")
     command = "python " + " ".join(sys.argv)
-    X.write_table(args.output or Path(args.runs) / "blocks",
+    output = Path(args.output or Path(args.runs) / "blocks")
+    X.write_table(output,
                   f"Encoder blocks: {BASE}, preset {args.preset}, {args.epochs} epochs each", command,
                   "Same epochs per row (compute differs: see PFLOPs); images/s is the median epoch's training speed on "
                   "the machine in each run's config.json.", table(found), {"base": BASE, "rows": found})
+    if args.commit and not args.table_only:
+        X.commit([output.with_suffix(".md"), output.with_suffix(".json")],
+                 "results/blocks: the table from its run folders")
 
 
 if __name__ == "__main__":

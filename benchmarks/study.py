@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from cifar_ae.experiments import keep
+from cifar_ae.experiments import commit, keep
 
-REPO = Path(__file__).resolve().parent.parent
 # the issue's order: the headline trial twice, the other joint models, then v1 and v0 (their autoencoders first)
 PLAN = [("v2-joint-aug-adam", 0), ("v2-joint-aug-adam", 1), ("v2-joint-noaug", 0), ("v2-joint-aug-sgd", 0),
         ("v1-feature-classifier", 0), ("v0-dense", 0), ("v0-conv1d", 0)]
@@ -51,21 +49,6 @@ SIDE = [
       for b in (32, 64, 128) for lr in (1e-3, 1e-2)],
     ("joint-tied", "v2-joint-noaug", {"model_args": {"tie_weights": True}}, "weight tying: no gain in reconstruction"),
 ]
-
-
-def commit(paths, message):
-    """Commit only these paths (other staged or unstaged work is left alone); retried if git is busy."""
-    rel = [str(Path(p).resolve().relative_to(REPO)) for p in paths]
-    for attempt in range(5):
-        add = subprocess.run(["git", "-C", str(REPO), "add", "--", *rel], capture_output=True, text=True)
-        done = add.returncode == 0 and subprocess.run(
-            ["git", "-C", str(REPO), "commit", "-q", "-m", message, "--", *rel], capture_output=True, text=True
-        ).returncode == 0
-        if done:
-            return True
-        time.sleep(5 * (attempt + 1))
-    print(f"could not commit {rel}; commit them by hand", flush=True)
-    return False
 
 
 def parse_caps(items) -> dict:

@@ -8,11 +8,14 @@ import csv
 import json
 import shutil
 import statistics
+import subprocess
+import time
 from pathlib import Path
 
 from .data import CLASS_NAMES, STUDY_REDUCED_CLASSES
 
 SMALL_FILES = ("config.json", "history.csv", "metrics.json")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def run_row(base, row, changes, preset, seed, epochs, root, verbose=2) -> Path:
@@ -37,6 +40,34 @@ def keep(run, runs_root, dest_root) -> Path:
     if (run / "figures").is_dir():
         shutil.copytree(run / "figures", dest / "figures", dirs_exist_ok=True)
     return dest
+
+
+def commit(paths, message, repo=REPO) -> bool:
+    """Commit only these paths (other staged or unstaged work is left alone); retried if git is busy. A long loop
+    calls this as each run finishes, so a killed session keeps what it measured."""
+    rel = [str(Path(p).resolve().relative_to(repo)) for p in paths]
+    for attempt in range(5):
+        add = subprocess.run(["git", "-C", str(repo), "add", "--", *rel], capture_output=True, text=True)
+        done = add.returncode == 0 and subprocess.run(
+            ["git", "-C", str(repo), "commit", "-q", "-m", message, "--", *rel], capture_output=True, text=True
+        ).returncode == 0
+        if done:
+            return True
+        time.sleep(5 * (attempt + 1))
+    print(f"could not commit {rel}; commit them by hand", flush=True)
+    return False
+
+
+def keeper(runs_root, keep_root, commit_each, label):
+    """run -> run: copies each finished run's small files to keep_root (if given) and, with commit_each, commits
+    them at once ("results: <label>, <row> seed <s>")."""
+    def done(run):
+        if keep_root:
+            kept = keep(run, runs_root, keep_root)
+            if commit_each:
+                commit([kept], f"results: {label}, {Path(run).name}")
+        return run
+    return done
 
 
 def _history_column(run, key):

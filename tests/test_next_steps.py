@@ -67,3 +67,36 @@ def test_cutout_goes_on_the_best_augmentation():
     assert rows["autoaugment+cutout"]["augmentation"] == {"policy": "autoaugment-cifar10", "flip": True, "translate": 4,
                                                           "cutout": 16}
     assert len(augmentation.rows_for()) == 6
+
+
+@pytest.mark.parametrize("bad", ["v4=1", "v3=0", "v3"])
+def test_a_bad_model_budget_is_refused_before_anything_runs(bad, tmp_path, capsys):
+    import augmentation
+    with pytest.raises(SystemExit):
+        augmentation.main(["--model-epochs", bad, "--runs", str(tmp_path / "runs")])
+    assert f"got '{bad}'" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+
+
+def test_a_long_loop_commits_only_the_run_it_just_kept(tmp_path):
+    """keeper(): each finished run's small files are copied and committed at once; other work is left unstaged."""
+    import subprocess
+    from cifar_ae import experiments as X
+    repo = tmp_path / "repo"
+    git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
+    run = tmp_path / "runs" / "row" / "trial" / "quick-s0-row"
+    run.mkdir(parents=True)
+    for name in (*X.SMALL_FILES, "model.keras"):
+        (run / name).write_text(name)
+    repo.mkdir()
+    subprocess.run(git + ["init", "-q"], check=True)
+    (repo / "unrelated.txt").write_text("work in progress")
+    kept_root = repo / "results" / "runs" / "loop"
+    done = X.keeper(tmp_path / "runs", kept_root, False, "loop")
+    done(run)
+    assert sorted(p.name for p in (kept_root / "row" / "trial" / "quick-s0-row").iterdir()) == sorted(X.SMALL_FILES)
+    assert X.commit([kept_root / "row"], "results: loop, quick-s0-row", repo=repo)
+    log = subprocess.run(git + ["show", "--name-only", "--format=%s"], capture_output=True, text=True, check=True).stdout
+    assert log.split("\n")[0] == "results: loop, quick-s0-row"
+    assert sorted(filter(None, log.splitlines()[1:])) == sorted(f"results/runs/loop/row/trial/quick-s0-row/{n}" for n in X.SMALL_FILES)
+    status = subprocess.run(git + ["status", "--porcelain"], capture_output=True, text=True, check=True).stdout
+    assert status == "?? unrelated.txt\n"
