@@ -5,7 +5,7 @@ better performance can be checked (AutoAugment)").
         --output results/augmentation --keep results/runs/augmentation --commit   # the committed table
 
 Rows: none, flip + translate, the study's PIL policy, AutoAugment CIFAR-10, RandAugment, TrivialAugment (each with
-flip + translate), then cutout 16 added to the best of those; for the study's joint model (v2-joint-noaug's
+flip + translate), then cutout 16 added to the best of those (by validation accuracy); for the study's joint model (v2-joint-noaug's
 recipe) and the v3 joint model (v3-joint-resnet-patch). One short fixed budget (the same epochs) for every row of a
 model (v3's epochs cost ~4x v2's on CPU, hence --model-epochs), one seed; the three best rows of each model get a
 second seed. Test accuracy, the halved classes' recall and the reconstruction MSE, from the run folders only.
@@ -33,9 +33,9 @@ ROWS = {
 def rows_for(found=None) -> dict:
     rows = {k: {"augmentation": v} for k, v in ROWS.items()}
     if found:  # cutout on the best of the six
-        best = max((r for r in found if r in ROWS), key=lambda r: found[r]["test_accuracy"])
+        best = next(r for r in X.by_validation(found) if r in ROWS)
         aug = dict(ROWS[best] or {"policy": None, "flip": False, "translate": 0})
-        rows[f"{best}+cutout"] = {"augmentation": {**aug, "cutout": 16}}
+        rows[f"{best}-cutout"] = {"augmentation": {**aug, "cutout": 16}}
     return rows
 
 
@@ -82,7 +82,7 @@ def main(argv=None):
             if args.extra_seed >= 0:
                 found = X.collect(root, base, args.preset, rows_for(found), [args.seed])
                 all_rows = rows_for(found)
-                for r in sorted(found, key=lambda r: -found[r]["test_accuracy"])[:3]:
+                for r in X.by_validation(found)[:3]:
                     done(X.run_row(base, r, all_rows[r], args.preset, args.extra_seed, n_epochs, root))
         read_root = Path(args.keep) / key if args.table_only and args.keep else root
         first = X.collect(read_root, base, args.preset, rows_for(), [args.seed])
@@ -96,7 +96,8 @@ def main(argv=None):
     output = Path(args.output or Path(args.runs) / "augmentation")
     X.write_table(output,
                   f"Which augmentation helps: preset {args.preset}", command,
-                  "One budget (the same epochs) for every row of a model; the three best rows of each model have a second seed.",
+                  "One budget (the same epochs) for every row of a model; the three best rows of each model by validation "
+                  "accuracy (the hold-out split) have a second seed, and cutout goes on the best.",
                   "\n".join(sections), {"bases": BASES, "epochs": epochs, "rows": records})
     if args.commit and not args.table_only:
         X.commit([output.with_suffix(".md"), output.with_suffix(".json")],

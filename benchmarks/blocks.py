@@ -5,7 +5,7 @@ if they also help in reducing training time; the block of NASNet can also be tri
         --output results/blocks --keep results/runs/blocks --commit   # the committed table (without: all under runs/)
 
 Each row is v2-joint-noaug (the study's joint model) with `model_args={"block": ...}` (models.ENCODER_BLOCKS, each
-at a width within ~12% of the VGG encoder's parameters), trained for the same epochs; the two best get a second
+at a width within ~12% of the VGG encoder's parameters), trained for the same epochs; the two best (validation accuracy) get a second
 seed (--extra-seed). The table comes from the run folders only: test accuracy, reconstruction MSE, parameters,
 training FLOPs per image and in total, and images/s on this machine.
 """
@@ -52,7 +52,7 @@ def main(argv=None):
             done(X.run_row(BASE, row, ch, args.preset, args.seed, args.epochs, args.runs))
         if args.extra_seed >= 0:
             first = X.collect(args.runs, BASE, args.preset, rows, [args.seed])
-            for row in sorted(first, key=lambda r: -first[r]["test_accuracy"])[:2]:
+            for row in X.by_validation(first)[:2]:
                 done(X.run_row(BASE, row, rows[row], args.preset, args.extra_seed, args.epochs, args.runs))
     root = args.keep if args.table_only and args.keep else args.runs
     found = X.collect(root, BASE, args.preset, rows, [args.seed, args.extra_seed])

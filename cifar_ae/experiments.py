@@ -84,7 +84,9 @@ def record(run) -> dict:
     config = json.loads((Path(run) / "config.json").read_text())
     seconds = _history_column(run, "train_seconds")
     speed = [config["train_images"] / s for s in seconds if s > 0]
+    val = _history_column(run, "val_label_accuracy")
     return {"run": str(run), "seed": m.get("seed"), "test_accuracy": m.get("test_accuracy"),
+            "val_accuracy": max(val) if val else None,  # the best epoch's: what loops choose rows by, not test
             "recall": {c: v["recall"] for c, v in m.get("per_class", {}).items()}, "recon_mse": m.get("recon_mse"),
             "epochs": m.get("epochs"), "train_pflops": m.get("train_pflops"), "params": m.get("params"),
             "train_gflops_per_image": None if config.get("train_flops_per_image") is None
@@ -102,12 +104,18 @@ def summarize(records) -> dict:
             return None, None
         return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
     out = {"seeds": [r["seed"] for r in records], "runs": [r["run"] for r in records]}
-    for key in ("test_accuracy", "recon_mse", "train_pflops", "images_per_second"):
+    for key in ("test_accuracy", "val_accuracy", "recon_mse", "train_pflops", "images_per_second"):
         out[key], out[f"{key}_sd"] = mean_sd(key)
     for key in ("params", "train_gflops_per_image", "epochs", "precision"):
         out[key] = records[0].get(key)
     out["recall"] = {c: mean_sd(None, lambda r, c=c: r["recall"].get(c))[0] for c in CLASS_NAMES}
     return out
+
+
+def by_validation(found) -> list:
+    """Row names, best validation accuracy first: loops pick rows (cutout's base, second seeds) by this, so the
+    test set is scored, never chosen on."""
+    return sorted(found, key=lambda r: -(found[r].get("val_accuracy") or 0.0))
 
 
 def collect(root, trial, preset, rows, seeds) -> dict:

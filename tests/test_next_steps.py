@@ -59,14 +59,19 @@ def test_blocks_loop_builds_its_table_from_run_folders(tmp_path, cifar_dir):
     assert (tmp_path / "again.md").read_text().split("\n")[4:] == text.split("\n")[4:]
 
 
-def test_cutout_goes_on_the_best_augmentation():
+def test_cutout_goes_on_the_best_augmentation_by_validation_not_test():
     import augmentation
-    found = {"none": {"test_accuracy": 0.5}, "autoaugment": {"test_accuracy": 0.7}, "study-pil": {"test_accuracy": 0.6}}
+    from cifar_ae.trials import check_name
+    found = {"none": {"test_accuracy": 0.5, "val_accuracy": 0.55},
+             "autoaugment": {"test_accuracy": 0.6, "val_accuracy": 0.70},
+             "study-pil": {"test_accuracy": 0.7, "val_accuracy": 0.65}}  # the test set would pick study-pil
     rows = augmentation.rows_for(found)
-    assert list(rows)[-1] == "autoaugment+cutout"
-    assert rows["autoaugment+cutout"]["augmentation"] == {"policy": "autoaugment-cifar10", "flip": True, "translate": 4,
+    assert list(rows)[-1] == "autoaugment-cutout"
+    assert rows["autoaugment-cutout"]["augmentation"] == {"policy": "autoaugment-cifar10", "flip": True, "translate": 4,
                                                           "cutout": 16}
     assert len(augmentation.rows_for()) == 6
+    for name in rows:  # each row becomes a run folder's variant name ('none+cutout' once stopped the loop)
+        assert check_name(name, "variant") == name
 
 
 @pytest.mark.parametrize("bad", ["v4=1", "v3=0", "v3"])
