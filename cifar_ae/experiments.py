@@ -48,6 +48,10 @@ def commit(paths, message, repo=REPO) -> bool:
     rel = [str(Path(p).resolve().relative_to(repo)) for p in paths]
     for attempt in range(5):
         add = subprocess.run(["git", "-C", str(repo), "add", "--", *rel], capture_output=True, text=True)
+        unchanged = add.returncode == 0 and subprocess.run(
+            ["git", "-C", str(repo), "diff", "--cached", "--quiet", "--", *rel]).returncode == 0
+        if unchanged:  # a resumed loop meets runs it already committed
+            return True
         done = add.returncode == 0 and subprocess.run(
             ["git", "-C", str(repo), "commit", "-q", "-m", message, "--", *rel], capture_output=True, text=True
         ).returncode == 0

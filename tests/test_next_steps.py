@@ -105,3 +105,6 @@ def test_a_long_loop_commits_only_the_run_it_just_kept(tmp_path):
     assert sorted(filter(None, log.splitlines()[1:])) == sorted(f"results/runs/loop/row/trial/quick-s0-row/{n}" for n in X.SMALL_FILES)
     status = subprocess.run(git + ["status", "--porcelain"], capture_output=True, text=True, check=True).stdout
     assert status == "?? unrelated.txt\n"
+    head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+    assert X.commit([kept_root / "row"], "again", repo=repo)  # a resumed loop: already committed, nothing to wait for
+    assert subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout == head
