@@ -107,7 +107,8 @@ def summarize(records) -> dict:
         if not vals:
             return None, None
         return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
-    out = {"seeds": [r["seed"] for r in records], "runs": [r["run"] for r in records]}
+    out = {"seeds": [r["seed"] for r in records], "runs": [r["run"] for r in records],
+           "test_accuracy_by_seed": {r["seed"]: r["test_accuracy"] for r in records}}
     for key in ("test_accuracy", "val_accuracy", "recon_mse", "train_pflops", "images_per_second"):
         out[key], out[f"{key}_sd"] = mean_sd(key)
     for key in ("params", "train_gflops_per_image", "epochs", "precision"):

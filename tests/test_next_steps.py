@@ -74,6 +74,18 @@ def test_cutout_goes_on_the_best_augmentation_by_validation_not_test():
         assert check_name(name, "variant") == name
 
 
+def test_augmentation_rows_are_ordered_by_the_seed_every_row_has():
+    import augmentation
+    def row(by_seed):
+        accs = list(by_seed.values())
+        return {"test_accuracy_by_seed": by_seed, "seeds": list(by_seed), "test_accuracy": sum(accs) / len(accs),
+                "test_accuracy_sd": 0.1 if len(accs) > 1 else None, "recall": {}, "recon_mse": 0.01, "train_pflops": 0.02}
+    found = {"lucky-one-seed": row({0: 0.60}), "two-seeds": row({0: 0.68, 1: 0.52})}  # means: 0.60 vs 0.60
+    body = augmentation.table(found).splitlines()
+    assert body[2].startswith("| two-seeds | 68.00% | 52.00% | 60.00% ± 10.00 |")
+    assert body[3].startswith("| lucky-one-seed | 60.00% |  |  |")
+
+
 @pytest.mark.parametrize("bad", ["v4=1", "v3=0", "v3"])
 def test_a_bad_model_budget_is_refused_before_anything_runs(bad, tmp_path, capsys):
     import augmentation
