@@ -5,8 +5,8 @@ better performance can be checked (AutoAugment)").
         --output results/augmentation --keep results/runs/augmentation --commit   # the committed table
 
 Rows: none, flip + translate, the study's PIL policy, AutoAugment CIFAR-10, RandAugment, TrivialAugment (each with
-flip + translate), then cutout 16 added to the best of those (by validation accuracy); for the study's joint model (v2-joint-noaug's
-recipe) and the v3 joint model (v3-joint-resnet-patch). One short fixed budget (the same epochs) for every row of a
+flip + translate), then cutout 16 added to the best of those (by validation accuracy); for the study's joint model
+(v2-joint-noaug's recipe) and the v3 joint model (v3-joint-resnet-patch). One short fixed budget (the same epochs) for every row of a
 model (v3's epochs cost ~4x v2's on CPU, hence --model-epochs), one seed; the three best rows of each model get a
 second seed. Test accuracy, the halved classes' recall and the reconstruction MSE, from the run folders only.
 """
