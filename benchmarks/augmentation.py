@@ -105,10 +105,8 @@ def main(argv=None):
                   "One budget (the same epochs) for every row of a model; the three best rows of each model by validation "
                   "accuracy (the hold-out split) have a second seed, and cutout goes on the best. Recall and MSE "
                   "are means over a row's seeds.",
-                  "\n".join(sections), {"bases": BASES, "epochs": epochs, "rows": records})
-    if args.commit and not args.table_only:
-        X.commit([output.with_suffix(".md"), output.with_suffix(".json")],
-                 "results/augmentation: the table from its run folders")
+                  "\n".join(sections), {"bases": BASES, "epochs": epochs, "rows": records},
+                  commit_message=args.commit and not args.table_only and "results/augmentation: the table from its run folders")
 
 
 if __name__ == "__main__":

@@ -63,10 +63,8 @@ def main(argv=None):
     X.write_table(output,
                   f"Encoder blocks: {BASE}, preset {args.preset}, {args.epochs} epochs each", command,
                   "Same epochs per row (compute differs: see PFLOPs); images/s is the median epoch's training speed on "
-                  "the machine in each run's config.json.", table(found), {"base": BASE, "rows": found})
-    if args.commit and not args.table_only:
-        X.commit([output.with_suffix(".md"), output.with_suffix(".json")],
-                 "results/blocks: the table from its run folders")
+                  "the machine in each run's config.json.", table(found), {"base": BASE, "rows": found},
+                  commit_message=args.commit and not args.table_only and "results/blocks: the table from its run folders")
 
 
 if __name__ == "__main__":

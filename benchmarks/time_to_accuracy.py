@@ -4,7 +4,8 @@ to 80 / 85 / 86 / 90 / 93%, over one or more seeds.
 
     CIFAR10_DIR=../shared/cifar10 python benchmarks/time_to_accuracy.py --trial v3-joint-resnet-patch --preset quick \
         --seeds 0 1 2 --output results/time_to_accuracy_v3.json
-    (--epochs N cuts a run short, as a variant; --pflops P sets the epochs from a compute budget)
+    (--epochs N cuts a run short, as a variant; --pflops P sets the epochs from a compute budget;
+    --keep results/runs/time_to_accuracy --commit keeps and commits each run as it finishes)
 
 The per-epoch test scores go into each run's history.csv (test_accuracy, test_recon_mse), so a killed run resumes
 and its curve stays whole. Compute is cifar_ae.compute's count (6 FLOPs per trainable multiply-add); speed is the
@@ -97,7 +98,13 @@ def main(argv=None):
     ap.add_argument("--out", default="runs/time_to_accuracy")
     ap.add_argument("--output", default=None,
                     help="JSON result (default: <out>/<trial>-<preset>.json; results/... only when named here)")
+    ap.add_argument("--keep", default=None, help="copy each run's small files here (e.g. results/runs/time_to_accuracy)")
+    ap.add_argument("--commit", action="store_true", help="with --keep: commit each run, and the JSON, as they finish")
     args = ap.parse_args(argv)
+    if args.commit and not args.keep:
+        ap.error("--commit needs --keep DIR (the folder the small run files are copied to)")
+    from cifar_ae.experiments import commit, keeper
+    done = keeper(args.out, args.keep, args.commit, f"time to accuracy {args.trial}")
     trial = get_trial(args.trial)
     d = load_cifar10()
     epochs = args.epochs
@@ -114,6 +121,7 @@ def main(argv=None):
     for seed in args.seeds:
         run = run_trial(trial, args.preset, seed, args.out, epochs=epochs, variant=variant, verbose=2,
                         callbacks=[TestEveryEpoch(d.x_test, d.y_test, tta=trial.tta_flip)])
+        done(run)
         m = json.loads((run / "metrics.json").read_text())
         config = json.loads((run / "config.json").read_text())
         points = curve(run)
@@ -124,7 +132,8 @@ def main(argv=None):
         ref = peak["kernels"].get("bfloat16" if "bfloat16" in precision else "float32", peak["kernels"]["float32"])
         achieved = None if ips is None else ips * config["train_flops_per_image"] / 1e9
         per_seed.append({
-            "seed": seed, "run_folder": str(run), "epochs": m["epochs"], "best_epoch": m.get("best_epoch"),
+            "seed": seed, "run_folder": str(run),
+            "kept_folder": str(Path(args.keep) / Path(run).relative_to(args.out)) if args.keep else None, "epochs": m["epochs"], "best_epoch": m.get("best_epoch"),
             "final_test_accuracy": m["test_accuracy"], "final_test_accuracy_without_tta": m.get("test_accuracy_without_tta"),
             "recon_mse": m.get("recon_mse"), "train_pflops": m.get("train_pflops"), "curve": points,
             "thresholds": {f"{int(round(t * 100))}": reached(points, t) for t in THRESHOLDS},
@@ -145,6 +154,8 @@ def main(argv=None):
     output = Path(args.output or Path(args.out) / f"{args.trial}-{args.preset}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output, result)
+    if args.commit:
+        commit([output], f"results: time to accuracy {args.trial} {args.preset}, seeds {args.seeds}")
     print(json.dumps({k: v for k, v in result.items() if k not in ("per_seed", "curve", "summary", "peak", "machine")},
                      indent=2))
 

@@ -67,3 +67,21 @@ def test_trick_fields_are_checked():
     with pytest.raises(TrialError, match="whitening=True needs a builder with a `whiten` layer"):
         run_trial("v2-joint-noaug", "smoke", 0, whitening=True)
     assert TRIALS["v4-joint-fast"].ema_momentum is None and TRIALS["v2-joint-noaug"].whitening is False
+
+
+def test_the_v4_ablation_table_is_built_from_its_kept_run_folders(tmp_path, cifar_dir, monkeypatch):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import fast
+    rows = {r: fast.ABLATIONS[r] for r in ("baseline", "no-label-smoothing")}
+    monkeypatch.setattr(fast, "ABLATIONS", rows)
+    args = ["ablation", "--preset", "smoke", "--runs", str(tmp_path / "runs"), "--keep", str(tmp_path / "kept")]
+    fast.main(args + ["--output", str(tmp_path / "first")])
+    text = (tmp_path / "first.md").read_text()
+    assert "| baseline |" in text and "| no-label-smoothing |" in text and " pt |" in text
+    fast.main(args + ["--table-only", "--output", str(tmp_path / "again")])  # from the kept copies alone
+    assert (tmp_path / "again.md").read_text().split("\n")[4:] == text.split("\n")[4:]
+    assert json.loads((tmp_path / "again.json").read_text())["rows"]["baseline"]["run"].startswith(str(tmp_path / "kept"))
+    with pytest.raises(SystemExit):
+        fast.main(["ablation", "--commit"])  # --commit without --keep: refused before anything runs

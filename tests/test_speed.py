@@ -77,8 +77,12 @@ def test_time_to_accuracy_reports_compute_to_each_threshold_over_seeds(tmp_path,
     import time_to_accuracy
     out = tmp_path / "tta.json"
     time_to_accuracy.main(["--trial", "v2-joint-noaug", "--preset", "smoke", "--epochs", "2", "--seeds", "0", "1",
-                           "--out", str(tmp_path / "runs"), "--output", str(out), "--peak-repeats", "1"])
+                           "--out", str(tmp_path / "runs"), "--output", str(out), "--peak-repeats", "1",
+                           "--keep", str(tmp_path / "kept")])
     r = json.loads(out.read_text())
+    kept = Path(r["per_seed"][1]["kept_folder"])  # the small files a results/ JSON points at
+    assert kept.parent.parent == tmp_path / "kept"
+    assert {"config.json", "history.csv", "metrics.json"} <= {f.name for f in kept.iterdir()}
     for key in ("trial", "seeds", "pflops_to_90", "pflops_to_93", "final_test_accuracy_mean", "final_test_accuracy_sd",
                 "recon_mse", "command"):
         assert key in r, key
