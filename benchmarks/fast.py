@@ -27,7 +27,9 @@ BASE = "v4-joint-fast"
 ABLATIONS = {
     "baseline": ("v4-joint-fast as defined", {}),
     "no-whitening": ("a trainable randomly initialised 2x2 stem instead of the frozen whitening", {"whitening": False}),
-    "bn-momentum-0.9": ("BatchNorm momentum 0.9 (Keras; PyTorch 0.1) instead of 0.4", {"model_args": {"bn_momentum": 0.9}}),
+    "bn-momentum-0.9": ("BatchNorm momentum 0.9 (Keras; PyTorch 0.1) instead of 0.6", {"model_args": {"bn_momentum": 0.9}}),
+    "no-dirac": ("Keras' glorot conv init instead of airbench's partial identity (dirac)", {"model_args": {"dirac": False}}),
+    "head-glorot": ("the head's Dense at glorot init (sd ~0.09) instead of sd 1", {"model_args": {"head_std": None}}),
     "bn-scale": ("BatchNorm with a learnt scale", {"model_args": {"bn_scale": True}}),
     "bias-lr-1": ("BatchNorm biases at the plain learning rate (no 64x)", {"model_args": {"bias_lr_scale": 1.0}}),
     "no-label-smoothing": ("label smoothing 0.2 -> 0", {"label_smoothing": 0.0}),

@@ -447,7 +447,7 @@ class ScaledBias(layers.Layer):
         return {**super().get_config(), "lr_scale": self.lr_scale}
 
 
-def bn_gelu(x, name, bn_momentum=0.4, bn_scale=False, bias_lr_scale=1.0):
+def bn_gelu(x, name, bn_momentum=0.6, bn_scale=False, bias_lr_scale=1.0):
     """BatchNorm (no learnt scale, as airbench; its bias through ScaledBias) -> GELU."""
     x = layers.BatchNormalization(momentum=bn_momentum, scale=bn_scale, center=False, epsilon=1e-5,
                                   name=f"{name}_bn")(x)
@@ -455,26 +455,50 @@ def bn_gelu(x, name, bn_momentum=0.4, bn_scale=False, bias_lr_scale=1.0):
     return layers.Activation("gelu", name=f"{name}_gelu")(x)
 
 
-def airbench_block(x, filters, name, **bn):
-    """airbench94's block: conv 3x3 -> 2x2 max-pool -> BN-GELU -> conv 3x3 -> BN-GELU."""
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+@keras.saving.register_keras_serializable("cifar_ae")
+class PartialDirac(keras.initializers.Initializer):
+    """airbench's conv init: PyTorch's default uniform(+-1/sqrt(fan_in)), then the first min(in, out) filters set
+    to the identity (torch.nn.init.dirac_ on w[:in]), so at step 0 each block passes its input through."""
+
+    def __init__(self, seed=None):
+        self.seed = seed
+
+    def __call__(self, shape, dtype=None):
+        kh, kw, cin, cout = shape
+        w = keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform", seed=self.seed)(shape, dtype)
+        n = min(cin, cout)
+        eye = ops.pad(ops.eye(n, dtype=w.dtype)[None, None], [[kh // 2, kh - kh // 2 - 1], [kw // 2, kw - kw // 2 - 1],
+                                                              [0, cin - n], [0, 0]])
+        return ops.concatenate([eye, w[..., n:]], axis=-1)
+
+    def get_config(self):
+        return {"seed": self.seed}
+
+
+def airbench_block(x, filters, name, dirac=True, **bn):
+    """airbench94's block: conv 3x3 -> 2x2 max-pool -> BN-GELU -> conv 3x3 -> BN-GELU; convs start as identities
+    (PartialDirac) unless dirac=False (Keras' glorot)."""
+    init = PartialDirac if dirac else (lambda: "glorot_uniform")
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=init(), name=f"{name}_conv1")(x)
     x = layers.MaxPooling2D(name=f"{name}_pool")(x)
     x = bn_gelu(x, f"{name}_1", **bn)
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(x)
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=init(), name=f"{name}_conv2")(x)
     return bn_gelu(x, f"{name}_2", **bn)
 
 
-def fast_joint(widths=(64, 256, 256), whiten_channels=24, patch_channels=48, decoder_width=64, bn_momentum=0.4,
-               bn_scale=False, bias_lr_scale=64.0, logit_scale=1 / 9):
+def fast_joint(widths=(64, 256, 256), whiten_channels=24, patch_channels=48, decoder_width=64, bn_momentum=0.6,
+               bn_scale=False, bias_lr_scale=64.0, logit_scale=1 / 9, dirac=True, head_std=1.0):
     """v4: airbench94's network (Jordan 2024, arXiv 2404.00498) as a joint model.
 
     A 2x2 patch-whitening conv (`whiten`, initialised from the training images and frozen: Trial.whitening), GELU,
     then airbench's blocks at widths 64 @16 and 256 @8: that (8, 8, 256) map and a linear 4x4 patch path (v3's,
     for the decoder) are the `features` code. The head is airbench's third block @4, a global max-pool and a
-    bias-free Dense scaled by 1/9; the decoder is v3's residual one at `decoder_width`. BatchNorm: momentum 0.4
-    (PyTorch's 0.6), no learnt scale, biases at `bias_lr_scale` times the learning rate (ScaledBias).
+    bias-free Dense (weights of sd `head_std`, as airbench rescales them; None: glorot) scaled by 1/9; the decoder
+    is v3's residual one at `decoder_width`. BatchNorm: momentum 0.6 (airbench's `batchnorm_momentum`, which it
+    passes to PyTorch as 1 - 0.6, so Keras' 0.6), no learnt scale, biases at `bias_lr_scale` times the learning
+    rate (ScaledBias). Convs start as partial identities (`dirac`, airbench's dirac_ init).
     """
-    bn = dict(bn_momentum=bn_momentum, bn_scale=bn_scale, bias_lr_scale=bias_lr_scale)
+    bn = dict(bn_momentum=bn_momentum, bn_scale=bn_scale, bias_lr_scale=bias_lr_scale, dirac=dirac)
     inputs = keras.Input(IMAGE_SHAPE, name="image")
     x = inputs
     if whiten_channels:
@@ -489,7 +513,9 @@ def fast_joint(widths=(64, 256, 256), whiten_channels=24, patch_channels=48, dec
         code = layers.Activation("linear", name="features")(x)
     h = airbench_block(code, widths[2], "head", **bn)
     h = layers.GlobalMaxPooling2D(name="head_global_pool")(h)
-    h = layers.Dense(NUM_CLASSES, use_bias=False, name="head_dense")(h)
+    head_init = "glorot_uniform" if head_std is None else keras.initializers.RandomUniform(-3 ** 0.5 * head_std,
+                                                                                           3 ** 0.5 * head_std)
+    h = layers.Dense(NUM_CLASSES, use_bias=False, kernel_initializer=head_init, name="head_dense")(h)
     h = layers.Rescaling(logit_scale, name="head_scale")(h)
     label = layers.Activation("softmax", dtype="float32", name="label")(h)
     r = conv_bn_relu(code, decoder_width, "dec_in", kernel_size=1, bn_momentum=0.9)

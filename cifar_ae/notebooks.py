@@ -348,11 +348,15 @@ def results_dir(results=None) -> Path:
 
 def tricks_table(trial) -> Table:
     """Each trick of cifar_ae.tricks.TRICKS: what it does, its value in this trial, and whether it is on."""
-    from .tricks import TRICKS
+    from .tricks import MODEL_ARG_TRICKS, TRICKS
     rows = [[field, what, repr(getattr(trial, field)), repr(off), "on" if getattr(trial, field) != off else "off"]
             for field, what, off in TRICKS]
-    rows.append(["model_args.bn_momentum", "BatchNorm momentum (Keras' default 0.99 lags in short runs)",
-                 repr(trial.model_args.get("bn_momentum", 0.9)), "0.99", ""])
+    import inspect
+    from .models import BUILDERS
+    params = inspect.signature(BUILDERS[trial.model]).parameters if trial.model in BUILDERS else {}
+    args = {**{k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}, **trial.model_args}
+    rows += [[f"model_args.{key}", what, repr(args[key]), repr(off), "on" if args[key] != off else "off"]
+             for key, what, off in MODEL_ARG_TRICKS if key in args]
     return Table(["Trial field", "trick", f"{trial.name}", "off", ""], rows)
 
 

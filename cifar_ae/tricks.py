@@ -24,6 +24,13 @@ TRICKS = (  # (Trial field, what it does, its off value)
     ("ema_momentum", "an EMA of the weights, written into the model every epoch (lookahead-like)", None),
     ("precision", "'auto': bf16 compute, float32 variables, only where bf16 is native (cifar_ae.hardware)", "float32"),
 )
+MODEL_ARG_TRICKS = (  # the builder's own tricks, set through Trial.model_args: (key, what it does, its off value)
+    ("bn_momentum", "BatchNorm moving-statistics momentum (Keras' convention; its default 0.99 lags in short runs)", 0.99),
+    ("bn_scale", "a learnt BatchNorm scale (airbench has none)", True),
+    ("bias_lr_scale", "BatchNorm biases at this multiple of the learning rate (airbench: 64)", 1.0),
+    ("dirac", "convs start as partial identities (airbench's dirac_ init)", False),
+    ("head_std", "the head's weights start at this sd (airbench rescales them to 1)", None),
+)
 
 
 @keras.saving.register_keras_serializable("cifar_ae")
