@@ -137,8 +137,11 @@ def read_config(run) -> dict | None:
         raise RunConflict(f"{path} is unreadable ({e}); delete {run} to retrain that run.") from None
 
 
-def check_same_run(run, key_digest, config) -> None:
-    """Refuse a folder whose config.json holds another key (a stale run, or a variant name used twice)."""
+def check_same_run(run, key_digest, config, model_args=None, builder_defaults=None) -> None:
+    """Refuse a folder whose config.json holds another key (a stale run, or a variant name used twice), or whose
+    builder had other defaults for arguments this trial leaves unset. The key leaves such defaults out (so `{}` and
+    the defaults written out are one model), so without this check an edited default in cifar_ae/models.py would
+    silently reuse runs of the old model."""
     if config is None:
         return
     theirs = config.get("key_digest")
@@ -147,6 +150,16 @@ def check_same_run(run, key_digest, config) -> None:
         raise RunConflict(f"{run} holds another run ({what}; this one is {key_digest}): its trial, settings, seed or "
                           "data differ. Pass force=True / --force to retrain it there, or give this run its own "
                           "variant name.")
+    recorded = config.get("builder_defaults")  # absent in runs from before it was recorded: nothing to compare
+    if recorded is None or builder_defaults is None:
+        return
+    now = canonical(builder_defaults)
+    changed = sorted(k for k in set(recorded) | set(now)
+                     if k not in (model_args or {}) and canonical(recorded.get(k)) != canonical(now.get(k)))
+    if changed:
+        diffs = ", ".join(f"{k} {recorded.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise RunConflict(f"{run} was trained with other builder defaults ({diffs}): it is another model. Pass "
+                          "force=True / --force to retrain it there, or give this run its own variant name.")
 
 
 def code_version() -> dict:

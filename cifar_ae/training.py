@@ -307,8 +307,9 @@ def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=Fa
     plan = plan_run(trial, preset, seed, out_dir, epochs, variant, source, upstream, **changes)
     trial, seed, settings, precision, data = plan.trial, plan.seed, plan.settings, plan.precision, plan.data
     key, key_digest, run = plan.key, plan.key_digest, plan.folder
+    defaults = builder_defaults(trial.model)
     if not force:
-        R.check_same_run(run, key_digest, R.read_config(run))
+        R.check_same_run(run, key_digest, R.read_config(run), trial.model_args, defaults)
         if is_complete(run):
             print(f"[{trial.name}] complete run found at {run} (force=True / --force retrains it)")
             return run
@@ -335,13 +336,14 @@ def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=Fa
                     _clear_run(run)
                     config = None
                 if config is not None:
-                    R.check_same_run(run, key_digest, config)
+                    R.check_same_run(run, key_digest, config, trial.model_args, defaults)
                     if is_complete(run):  # another process finished it while this one waited
                         return run
                 else:
                     config = _write_config(run, trial, preset, seed, settings, data, key, key_digest, precision,
                                            determinism, upstream_dir,
-                                           {**speed, "train_flops_per_image": C.train_flops_per_image(model)})
+                                           {**speed, "train_flops_per_image": C.train_flops_per_image(model),
+                                            "builder_defaults": R.canonical(defaults)})
                 return _train_and_record(trial, preset, seed, settings, run, data, model, callbacks, verbose)
             except BaseException:
                 # still holding the lock: a folder this process made, with no epoch committed, goes

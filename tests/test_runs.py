@@ -68,6 +68,19 @@ def test_an_override_gets_its_own_folder_and_the_plain_run_is_reused(tmp_path, c
     assert fast.is_dir() and longer.is_dir()
 
 
+def test_a_run_of_a_builder_whose_defaults_changed_is_refused_not_reused(tmp_path, cifar_dir):
+    run = run_trial("v2-joint-noaug", "smoke", 0, out_dir=tmp_path, verbose=0)
+    config = json.loads((run / "config.json").read_text())
+    default = config["builder_defaults"]["bn_momentum"]  # as models.joint_model declares it today
+    config["builder_defaults"]["bn_momentum"] = 0.5  # as if that default was 0.5 when the run was trained
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunConflict, match=rf"other builder defaults \(bn_momentum 0.5 -> {default}\)"):
+        run_trial("v2-joint-noaug", "smoke", 0, out_dir=tmp_path, verbose=0)
+    del config["builder_defaults"]  # a run from before defaults were recorded is still reused
+    (run / "config.json").write_text(json.dumps(config))
+    assert run_trial("v2-joint-noaug", "smoke", 0, out_dir=tmp_path, verbose=0) == run
+
+
 def test_get_trial_merges_model_args_and_replace_replaces_them():
     base = get_trial("v2-joint-aug-sgd")
     merged = get_trial("v2-joint-aug-sgd", model_args={"tie_weights": True})
