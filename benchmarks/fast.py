@@ -28,8 +28,11 @@ ABLATIONS = {
     "baseline": ("v4-joint-fast as defined", {}),
     "no-whitening": ("a trainable randomly initialised 2x2 stem instead of the frozen whitening", {"whitening": False}),
     "bn-momentum-0.9": ("BatchNorm momentum 0.9 (Keras; PyTorch 0.1) instead of 0.6", {"model_args": {"bn_momentum": 0.9}}),
+    "bn-momentum-0.4": ("BatchNorm momentum 0.4 (the mis-converted value v4 first had) instead of 0.6",
+                        {"model_args": {"bn_momentum": 0.4}}),
     "no-dirac": ("Keras' glorot conv init instead of airbench's partial identity (dirac)", {"model_args": {"dirac": False}}),
-    "head-glorot": ("the head's Dense at glorot init (sd ~0.09) instead of sd 1", {"model_args": {"head_std": None}}),
+    "head-sd-1": ("the head's Dense at sd 1 (a later airbench variant's init) instead of glorot (sd ~0.09)",
+                  {"model_args": {"head_std": 1.0}}),
     "bn-scale": ("BatchNorm with a learnt scale", {"model_args": {"bn_scale": True}}),
     "bias-lr-1": ("BatchNorm biases at the plain learning rate (no 64x)", {"model_args": {"bias_lr_scale": 1.0}}),
     "no-label-smoothing": ("label smoothing 0.2 -> 0", {"label_smoothing": 0.0}),
@@ -48,10 +51,10 @@ AIRBENCH94 = {"pflops": 0.36, "test_accuracy": 0.9401, "label": "airbench94 (pub
 
 def ablation(args, done):
     if not args.table_only:
-        for row, (_, changes) in ABLATIONS.items():  # each row kept (and committed) as it finishes
-            done(X.run_row(BASE, row, changes, args.preset, args.seed, args.epochs, args.runs))
+        for row in args.rows or ABLATIONS:  # each row kept (and committed) as it finishes
+            done(X.run_row(BASE, row, ABLATIONS[row][1], args.preset, args.seed, args.epochs, args.runs))
     root = args.keep if args.table_only and args.keep else args.runs
-    found = X.collect(root, BASE, args.preset, ABLATIONS, [args.seed])
+    found = X.collect(root, BASE, args.preset, args.rows or ABLATIONS, [args.seed])
     if not found:
         sys.exit(f"no complete ablation runs under {root}; run without --table-only first.")
     base = found.get("baseline")
@@ -141,6 +144,7 @@ def main(argv=None):
     ap.add_argument("--results", default="results", help="figure: where the time_to_accuracy*.json files are")
     ap.add_argument("--output", default=None, help="table path without suffix, or the figure's .png")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--rows", nargs="+", default=None, choices=list(ABLATIONS), help="ablation: only these rows")
     args = ap.parse_args(argv)
     args.runs = args.runs or f"runs/{args.what}_v4"
     if args.what == "figure":

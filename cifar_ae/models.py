@@ -487,13 +487,13 @@ def airbench_block(x, filters, name, dirac=True, **bn):
 
 
 def fast_joint(widths=(64, 256, 256), whiten_channels=24, patch_channels=48, decoder_width=64, bn_momentum=0.6,
-               bn_scale=False, bias_lr_scale=64.0, logit_scale=1 / 9, dirac=True, head_std=1.0):
+               bn_scale=False, bias_lr_scale=64.0, logit_scale=1 / 9, dirac=True, head_std=None):
     """v4: airbench94's network (Jordan 2024, arXiv 2404.00498) as a joint model.
 
     A 2x2 patch-whitening conv (`whiten`, initialised from the training images and frozen: Trial.whitening), GELU,
     then airbench's blocks at widths 64 @16 and 256 @8: that (8, 8, 256) map and a linear 4x4 patch path (v3's,
     for the decoder) are the `features` code. The head is airbench's third block @4, a global max-pool and a
-    bias-free Dense (weights of sd `head_std`, as airbench rescales them; None: glorot) scaled by 1/9; the decoder
+    bias-free Dense (glorot init, near airbench94's PyTorch default; `head_std` sets another sd) scaled by 1/9; the decoder
     is v3's residual one at `decoder_width`. BatchNorm: momentum 0.6 (airbench's `batchnorm_momentum`, which it
     passes to PyTorch as 1 - 0.6, so Keras' 0.6), no learnt scale, biases at `bias_lr_scale` times the learning
     rate (ScaledBias). Convs start as partial identities (`dirac`, airbench's dirac_ init).

@@ -278,10 +278,10 @@ def _v4(name, description, **kw):
     whitening, Nesterov SGD 0.85 at a large LR with decoupled weight decay, BatchNorm biases at 64x the LR, label
     smoothing 0.2, batch 1024, alternating flip + 2 px translate, flip + crop TTA. The SGD constants are airbench's
     (lr 11.5 and wd 0.0153 per 1024 summed-loss examples) converted to Keras' mean loss and decoupled decay.
-    model_args write out airbench's BatchNorm momentum (Keras' 0.6), its identity (dirac) conv init and its head's
-    weights of sd 1 (fast_joint's defaults, so the reader sees them here).
+    model_args write out airbench's BatchNorm momentum (Keras' 0.6) and its identity (dirac) conv init
+    (fast_joint's defaults, so the reader sees them here).
     quick = 4 epochs (~0.15 PFLOP), full = 9 (~0.35 PFLOP, airbench94's budget)."""
-    base = dict(task="joint", model="fast_joint", model_args={"bn_momentum": 0.6, "dirac": True, "head_std": 1.0},
+    base = dict(task="joint", model="fast_joint", model_args={"bn_momentum": 0.6, "dirac": True},
                 optimizer="sgd", momentum=0.85, learning_rate=1.5,
                 weight_decay=1.3e-5, batch_size=1024, lr_schedule="onecycle", warmup=0.23, label_smoothing=0.2,
                 recon_weight=(10.0, 10.0), loss_weights={"reconstruction": 1.0, "label": 1.0},

@@ -29,7 +29,7 @@ MODEL_ARG_TRICKS = (  # the builder's own tricks, set through Trial.model_args: 
     ("bn_scale", "a learnt BatchNorm scale (airbench has none)", True),
     ("bias_lr_scale", "BatchNorm biases at this multiple of the learning rate (airbench: 64)", 1.0),
     ("dirac", "convs start as partial identities (airbench's dirac_ init)", False),
-    ("head_std", "the head's weights start at this sd (airbench rescales them to 1)", None),
+    ("head_std", "the head's weights start at this sd (None: glorot, about airbench94's; sd 1 stalls v4)", None),
 )
 
 
