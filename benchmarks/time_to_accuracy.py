@@ -75,8 +75,9 @@ def summarize(per_seed) -> dict:
     for thr in THRESHOLDS:
         key = f"{int(round(thr * 100))}"
         hits = [s["thresholds"][key] for s in per_seed]
-        for what in ("pflops", "epochs", "images_seen", "train_seconds"):
-            out[f"{what}_to_{key}"] = None if any(h is None for h in hits) else mean_sd([h[what] for h in hits])[0]
+        for what, field in (("pflops", "pflops"), ("epochs", "epoch"), ("images_seen", "images_seen"),
+                            ("train_seconds", "train_seconds")):
+            out[f"{what}_to_{key}"] = None if any(h is None for h in hits) else mean_sd([h[field] for h in hits])[0]
     for key in ("final_test_accuracy", "final_test_accuracy_without_tta", "recon_mse", "train_pflops"):
         out[f"{key}_mean"], out[f"{key}_sd"] = mean_sd([s[key] for s in per_seed])
     return out

@@ -91,3 +91,20 @@ def test_time_to_accuracy_reports_compute_to_each_threshold_over_seeds(tmp_path,
     assert [p["epoch"] for p in points] == [1, 2] and all(0 <= p["test_accuracy"] <= 1 for p in points)
     assert points[0]["pflops"] > 0 and points[1]["pflops"] == pytest.approx(2 * points[0]["pflops"], rel=1e-3)
     assert 0 < r["per_seed"][0]["fraction_of_peak"] < 2
+
+
+def test_time_to_accuracy_averages_each_threshold_every_seed_reached():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import time_to_accuracy as tta
+    def seed(accs):
+        points = [{"epoch": i + 1, "test_accuracy": a, "pflops": 0.04 * (i + 1), "images_seen": 100 * (i + 1),
+                   "train_seconds": 10.0 * (i + 1), "recon_mse": 0.004} for i, a in enumerate(accs)]
+        return {"thresholds": {f"{int(round(t * 100))}": tta.reached(points, t) for t in tta.THRESHOLDS},
+                "final_test_accuracy": accs[-1], "final_test_accuracy_without_tta": accs[-1], "recon_mse": 0.004,
+                "train_pflops": 0.04 * len(accs)}
+    s = tta.summarize([seed([0.5, 0.81, 0.86]), seed([0.6, 0.79, 0.85])])
+    assert s["epochs_to_80"] == 2.5 and s["pflops_to_80"] == pytest.approx(0.1)  # seeds reached 80% at 2 and 3
+    assert s["epochs_to_85"] == 3 and s["pflops_to_86"] is None  # one seed never reached 86%
+    assert s["final_test_accuracy_mean"] == pytest.approx(0.855)
