@@ -44,8 +44,11 @@ ABLATIONS = {
     "narrow": ("widths 32/128/128 instead of 64/256/256", {"model_args": {"widths": (32, 128, 128)}}),
     "ema": ("an EMA of the weights (0.99), written in every epoch (off in the baseline)", {"ema_momentum": 0.99}),
 }
-CONTROLS = {"v4-joint-fast": "as defined", "v4-joint-fast-norecon": "no reconstruction loss (weight 0)",
-            "v4-joint-fast-balanced": "the balanced control set (2,500 per class)"}
+# (trial, what differs, epochs): None = the preset's; "same-compute" = as many training images as the first row saw
+CONTROLS = [("v4-joint-fast", "as defined", None),
+            ("v4-joint-fast-norecon", "no reconstruction loss (weight 0)", None),
+            ("v4-joint-fast-balanced", "the balanced control set (2,500 per class), the same epochs", None),
+            ("v4-joint-fast-balanced", "the balanced control set, the same compute (more epochs)", "same-compute")]
 AIRBENCH94 = {"pflops": 0.36, "test_accuracy": 0.9401, "label": "airbench94 (published; 50,000 balanced images)"}
 
 
@@ -70,26 +73,38 @@ def ablation(args, done):
     return title, note, "\n".join(lines) + "\n", found
 
 
+def same_compute_epochs(name, base, preset, seed) -> int:
+    """Epochs of `name` that see as many training images as `base` at the preset (the same FLOPs per image)."""
+    from cifar_ae.training import prepare_data
+    from cifar_ae.trials import get_trial
+    images = {t: len(prepare_data(get_trial(t), get_trial(t).settings(preset), seed)["y_train"]) for t in (name, base)}
+    return max(1, round(get_trial(base).settings(preset)["epochs"] * images[base] / images[name]))
+
+
 def controls(args, done):
     from cifar_ae.training import run_trial
     found = {}
-    for name in CONTROLS:
+    for name, what, epochs in CONTROLS:
+        epochs = same_compute_epochs(name, CONTROLS[0][0], args.preset, args.seed) if epochs == "same-compute" else None
+        variant = None if epochs is None else f"e{epochs}"
         if not args.table_only:
-            done(run_trial(name, args.preset, args.seed, args.runs, verbose=2))
+            done(run_trial(name, args.preset, args.seed, args.runs, epochs=epochs, variant=variant, verbose=2))
         root = Path(args.keep if args.table_only and args.keep else args.runs)
-        run = root / name / f"{args.preset}-s{args.seed}"
+        run = root / name / f"{args.preset}-s{args.seed}" if variant is None else root / name / f"{args.preset}-s{args.seed}-{variant}"
         if (run / "metrics.json").is_file():
-            found[name] = X.record(run)
+            found[f"{name} ({what})"] = {**X.record(run), "trial": name, "what": what}
     if not found:
         sys.exit(f"no complete control runs under {root}; run without --table-only first.")
-    title = f"Controls at the same compute: `{args.preset}`, seed {args.seed}"
-    note = "Same epochs, so the same training PFLOPs for the joint and no-reconstruction nets; the balanced set has fewer images."
-    lines = ["| trial | what differs | val acc | test acc | recon MSE | PFLOPs | " + " | ".join(X.CLASS_NAMES) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(X.CLASS_NAMES)]
-    for name, r in found.items():
+    title = f"Controls: `{args.preset}`, seed {args.seed}"
+    note = ("The joint and no-reconstruction nets run the same epochs, so the same training PFLOPs (the decoder runs in "
+            "both). The balanced set has 25,000 images (22,500 after the validation split) against 42,500, so it gets "
+            "one row at the same epochs and one at the same compute.")
+    lines = ["| trial | what differs | epochs | val acc | test acc | recon MSE | PFLOPs | " + " | ".join(X.CLASS_NAMES) + " |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(X.CLASS_NAMES)]
+    for r in found.values():
         mse = "" if r["recon_mse"] is None else f"{r['recon_mse']:.5f}"
-        lines.append(f"| {name} | {CONTROLS[name]} | {X.pct(r['val_accuracy'])} | {X.pct(r['test_accuracy'])} | {mse} | "
-                     f"{r['train_pflops']:.3f} | " + " | ".join(f"{100 * r['recall'][c]:.0f}%" for c in X.CLASS_NAMES) + " |")
+        lines.append(f"| {r['trial']} | {r['what']} | {r['epochs']} | {X.pct(r['val_accuracy'])} | {X.pct(r['test_accuracy'])} | "
+                     f"{mse} | {r['train_pflops']:.3f} | " + " | ".join(f"{100 * r['recall'][c]:.0f}%" for c in X.CLASS_NAMES) + " |")
     return title, note, "\n".join(lines) + "\n", found
 
 
