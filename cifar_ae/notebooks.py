@@ -351,10 +351,9 @@ def tricks_table(trial) -> Table:
     from .tricks import MODEL_ARG_TRICKS, TRICKS
     rows = [[field, what, repr(getattr(trial, field)), repr(off), "on" if getattr(trial, field) != off else "off"]
             for field, what, off in TRICKS]
-    import inspect
     from .models import BUILDERS
-    params = inspect.signature(BUILDERS[trial.model]).parameters if trial.model in BUILDERS else {}
-    args = {**{k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}, **trial.model_args}
+    from .training import builder_defaults
+    args = {**(builder_defaults(trial.model) if trial.model in BUILDERS else {}), **trial.model_args}
     rows += [[f"model_args.{key}", what, repr(args[key]), repr(off), "on" if args[key] != off else "off"]
              for key, what, off in MODEL_ARG_TRICKS if key in args]
     return Table(["Trial field", "trick", f"{trial.name}", "off", ""], rows)

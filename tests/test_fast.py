@@ -99,3 +99,11 @@ def test_airbench_convs_start_as_identities():
     assert model.get_layer("enc1_1_bn").momentum == 0.6  # airbench's 0.6, which PyTorch is given as 1 - 0.6
     wide = M.fast_joint(widths=(8, 16, 16), patch_channels=4, decoder_width=8, dirac=False, head_std=1.0)
     assert abs(np.asarray(wide.get_layer("head_dense").kernel).std() - 1.0) < 0.15
+
+
+def test_the_trick_table_shows_the_builders_own_tricks_at_their_resolved_values():
+    from cifar_ae.notebooks import tricks_table
+    rows = {r[0]: r for r in tricks_table(TRIALS["v4-joint-fast"]).rows}
+    assert rows["model_args.dirac"][2:] == ["True", "False", "on"] and rows["model_args.bn_momentum"][2] == "0.6"
+    assert rows["model_args.head_std"][4] == "off"  # a builder default, not written in the trial
+    assert tricks_table(TRIALS["v3-joint-resnet-patch"]).rows[-1][2] == "0.9"  # resnet_joint's own default
