@@ -58,6 +58,11 @@ def parse_caps(items) -> dict:
         if not n.isdigit() or int(n) < 1:
             raise SystemExit(f"bad --cap {item!r}; write TRIAL=EPOCHS, e.g. --cap v2-joint-aug-adam=40")
         caps[name] = int(n)
+    from cifar_ae.trials import TRIALS  # a typo would cap nothing, silently
+    cappable = {t for t, _ in PLAN} | {TRIALS[t].upstream for t, _ in PLAN if TRIALS[t].upstream}
+    unknown = sorted(set(caps) - cappable)
+    if unknown:
+        raise SystemExit(f"bad --cap {unknown[0]!r}: not a trial of the plan; cap one of {', '.join(sorted(cappable))}")
     return caps
 
 
@@ -84,16 +89,22 @@ def main(argv=None):
         return run_side(args, runs_root, keep_root)
     if not args.table_only:
         from cifar_ae.training import run_trial  # imports keras: not needed for --table-only
+        from cifar_ae.trials import get_trial
         plan = PLAN
         if args.only:
             wanted = {(o.split(":")[0], int(o.split(":")[1]) if ":" in o else None) for o in args.only}
             plan = [(t, s) for t, s in PLAN if (t, s) in wanted or (t, None) in wanted]
         for trial, seed in plan:
             cap = caps.get(trial)
+            # a classifier's frozen autoencoder is capped by its own name (--cap v0-mlp-ae=30); the classifier's
+            # folder then says so too, for it is another run than one on an uncapped encoder
+            up_cap = caps.get(get_trial(trial).upstream) if get_trial(trial).upstream else None
+            variant = "-".join([f"max{cap}"] * bool(cap) + [f"ae-max{up_cap}"] * bool(up_cap)) or None
             t0 = time.time()
-            print(f"=== {trial} seed {seed} on `study`" + (f", capped at {cap} epochs" if cap else ""), flush=True)
-            run = run_trial(trial, args.preset, seed, runs_root, epochs=cap, variant=f"max{cap}" if cap else None,
-                            verbose=2)
+            print(f"=== {trial} seed {seed} on `study`" + (f", capped at {cap} epochs" if cap else "")
+                  + (f", its autoencoder capped at {up_cap}" if up_cap else ""), flush=True)
+            run = run_trial(trial, args.preset, seed, runs_root, epochs=cap, variant=variant, verbose=2,
+                            upstream_epochs=up_cap, upstream_variant=f"max{up_cap}" if up_cap else None)
             kept = [run]
             upstream = json.loads((run / "config.json").read_text()).get("upstream_run")
             if upstream:
@@ -102,7 +113,8 @@ def main(argv=None):
                 kept = [keep(r, runs_root, keep_root) for r in kept]  # small files and figures
             print(f"=== {trial} seed {seed}: done in {time.time() - t0:.0f} s this call -> {kept[0]}", flush=True)
             if args.commit and keep_root is not None:
-                commit(kept, f"results: study preset, {trial} seed {seed}" + (f" (capped at {cap} epochs)" if cap else ""))
+                commit(kept, f"results: study preset, {trial} seed {seed}" + (f" (capped at {cap} epochs)" if cap else "")
+                       + (f" (autoencoder capped at {up_cap} epochs)" if up_cap else ""))
     from cifar_ae.report import write_study_tables
     for path in write_study_tables(keep_root or runs_root, args.results, preset=args.preset):
         print(f"wrote {path}")

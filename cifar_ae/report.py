@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import runs as R
 from .data import CLASS_NAMES
 from .trials import PRESETS
 
@@ -89,7 +90,7 @@ def study_rows(root, trials=STUDY_TRIALS, preset="study") -> list[dict]:
         study_ref = TRIALS[name].study if name in TRIALS else runs[0]["metrics"].get("study", {})
         study = study_ref.get(metric)
         train_key = "loss" if metric == "recon_mse" else None
-        train_accs, kept, ran, caps, seconds, cpu = [], [], [], set(), 0.0, 0.0
+        train_accs, kept, ran, caps, up_caps, seconds, cpu = [], [], [], set(), set(), 0.0, 0.0
         for r in runs:
             h, m = _history(r["run"]), r["metrics"]
             best = m.get("best_epoch") or len(next(iter(h.values()), [])) or None
@@ -101,6 +102,11 @@ def study_rows(root, trials=STUDY_TRIALS, preset="study") -> list[dict]:
             epochs_setting = r["config"].get("settings", {}).get("epochs")
             if epochs_setting and epochs_setting < PRESETS[preset]["epochs"]:
                 caps.add(epochs_setting)
+            up = r["config"].get("upstream_run")  # a classifier on a capped encoder is capped too
+            up_config = R.read_config(Path(root) / Path(up).parent.name / Path(up).name) if up else None
+            up_epochs = (up_config or {}).get("settings", {}).get("epochs")
+            if up_epochs and up_epochs < PRESETS[preset]["epochs"]:
+                up_caps.add(up_epochs)
             seconds += sum(h.get("epoch_seconds", []))
             cpu += sum(h.get("train_user_seconds", [])) + sum(h.get("train_sys_seconds", []))
         machine = runs[0]["config"].get("machine", {})
@@ -115,7 +121,8 @@ def study_rows(root, trials=STUDY_TRIALS, preset="study") -> list[dict]:
                      "train_accuracy": _mean_sd(train_accs)[0], "study_train_accuracy": study_ref.get("train_accuracy"),
                      "kept_epochs": kept, "epochs_run": ran,
                      "stopped_early": [bool(r["metrics"].get("stopped_early")) for r in runs],
-                     "cap": max(caps) if caps else None, "wall_seconds": round(seconds), "cpu_seconds": round(cpu),
+                     "cap": max(caps) if caps else None, "upstream_cap": max(up_caps) if up_caps else None,
+                     "wall_seconds": round(seconds), "cpu_seconds": round(cpu),
                      "where": where, "recall": recalls, "runs": [r["run"] for r in runs], "train_key": train_key})
     return rows
 
@@ -149,9 +156,12 @@ def study_markdown(rows, title="The study's table at the study's length", preset
         limit = r["cap"] or PRESETS[preset]["epochs"]
         length = ", ".join(f"{n} of {limit}" + (" (early stop)" if s else "") for n, s in zip(r["epochs_run"], r["stopped_early"]))
         length = (f"capped at {r['cap']} epochs: " if r["cap"] else "") + length
+        if r.get("upstream_cap"):
+            length += f"; its autoencoder capped at {r['upstream_cap']} epochs"
+        capped = r["cap"] or r.get("upstream_cap")
         where = f"{r['where']}; {r['wall_seconds'] / 60:.0f} min wall (pauses included), {r['cpu_seconds'] / 60:.0f} CPU-min"
         lines.append(f"| {r['trial']} | {metric} | {ours} | {', '.join(map(str, r['seeds']))} | "
-                     f"{_value(r['study'], r['metric'])} | {diff} | {r['verdict']}{' (capped)' if r['cap'] else ''} | "
+                     f"{_value(r['study'], r['metric'])} | {diff} | {r['verdict']}{' (capped)' if capped else ''} | "
                      f"{_value(r['train_accuracy'], 'acc')}"
                      + (f" ({_value(r['study_train_accuracy'], 'acc')})" if r.get("study_train_accuracy") else "")
                      + f" | {', '.join(map(str, r['kept_epochs']))} | {length} | {where} |")

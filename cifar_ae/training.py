@@ -262,10 +262,12 @@ class RunPlan:
 
 
 def plan_run(trial, preset="quick", seed=0, out_dir=None, epochs=None, variant=None, source=None, upstream=None,
-             **changes) -> RunPlan:
+             upstream_epochs=None, upstream_variant=None, **changes) -> RunPlan:
     """Resolve and check a run (trial, changes, preset, seed, epochs, variant, data) and compute its key and folder,
     without training: a classifier's upstream autoencoder run is planned the same way, for its key. `upstream`: a
-    Trial to use as the autoencoder instead of the registered trial named by trial.upstream (an edited one)."""
+    Trial to use as the autoencoder instead of the registered trial named by trial.upstream (an edited one);
+    `upstream_epochs` / `upstream_variant`: that run's epochs and folder name, as `epochs` / `variant` are this one's
+    (a capped autoencoder is another run, so its classifier is too)."""
     trial = resolve_trial(trial, **changes)
     seed = check_seed(seed)
     settings = trial.settings(preset)
@@ -279,11 +281,14 @@ def plan_run(trial, preset="quick", seed=0, out_dir=None, epochs=None, variant=N
     upstream_trial, upstream = upstream, None
     if upstream_trial is not None and trial.upstream is None:
         raise TrialError(f"trial '{trial.name}' reads no frozen encoder: upstream= applies to classifiers only.")
+    if (upstream_epochs is not None or upstream_variant is not None) and trial.upstream is None:
+        raise TrialError(f"trial '{trial.name}' reads no frozen encoder: upstream_epochs= / upstream_variant= apply "
+                         "to classifiers only.")
     if trial.upstream is not None:
         up = resolve_trial(upstream_trial if upstream_trial is not None else trial.upstream)
         if up.task != "autoencoder":
             raise TrialError(f"upstream trial '{up.name}' is not an autoencoder.")
-        upstream = plan_run(up, preset, seed, out_dir, source=source)
+        upstream = plan_run(up, preset, seed, out_dir, upstream_epochs, upstream_variant, source=source)
     up_key = None if upstream is None else {"trial": upstream.trial.name, "key_digest": upstream.key_digest}
     defaults = builder_defaults(trial.model)
     key = R.run_key(trial, preset, settings, seed, precision, data_identity(data), up_key, defaults,
@@ -295,16 +300,19 @@ def plan_run(trial, preset="quick", seed=0, out_dir=None, epochs=None, variant=N
 
 
 def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=False, callbacks=(),
-              verbose="auto", source=None, variant=None, upstream=None, **changes) -> Path:
+              verbose="auto", source=None, variant=None, upstream=None, upstream_epochs=None, upstream_variant=None,
+              **changes) -> Path:
     """Train, evaluate and record one run; returns its folder.
 
     trial: a name in TRIALS or a Trial object (e.g. built in a notebook cell); `changes` are Trial fields
     applied to it (model_args merged). The run's key (cifar_ae.runs) picks its folder: the registered trial at
     the preset's settings keeps <trial>/<preset>-s<seed>, anything else gets a digest suffix or `variant`.
     A complete run with the same key is reused; an unfinished one resumes; `force` retrains that one run.
-    upstream: a Trial to train (or reuse) as a classifier's frozen autoencoder instead of the registered one.
+    upstream: a Trial to train (or reuse) as a classifier's frozen autoencoder instead of the registered one;
+    upstream_epochs / upstream_variant: that autoencoder run's epochs and folder name (e.g. a capped study run).
     """
-    plan = plan_run(trial, preset, seed, out_dir, epochs, variant, source, upstream, **changes)
+    plan = plan_run(trial, preset, seed, out_dir, epochs, variant, source, upstream, upstream_epochs,
+                    upstream_variant, **changes)
     trial, seed, settings, precision, data = plan.trial, plan.seed, plan.settings, plan.precision, plan.data
     key, key_digest, run = plan.key, plan.key_digest, plan.folder
     defaults = builder_defaults(trial.model)
@@ -315,7 +323,8 @@ def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=Fa
             return run
     upstream_dir = None
     if plan.upstream is not None:
-        upstream_dir = run_trial(plan.upstream.trial, preset, seed, out_dir, verbose=verbose, source=source)
+        upstream_dir = run_trial(plan.upstream.trial, preset, seed, out_dir, epochs=upstream_epochs, verbose=verbose,
+                                 source=source, variant=upstream_variant)
 
     speed = {"malloc": memory.tune_malloc(), "tf_threads": memory.configure_threads()}
     keras.utils.set_random_seed(seed)  # here, after any upstream training, so the same seed builds the same net

@@ -342,3 +342,25 @@ def test_a_torn_checkpoint_is_named_in_a_one_line_error(tmp_path, cifar_dir):
     from cifar_ae.resume import CheckpointError
     with pytest.raises(CheckpointError, match=f"{ckpt} is damaged .*delete .*checkpoints"):
         run_trial("v2-joint-noaug", "smoke", 0, out_dir=tmp_path, epochs=3, verbose=0)
+
+
+def test_the_study_loop_caps_a_classifiers_autoencoder_by_its_own_name(tmp_path, cifar_dir, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("study_bench", Path(__file__).parents[1] / "benchmarks" / "study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    with pytest.raises(SystemExit, match="bad --cap 'v0-mlp-aa': not a trial of the plan"):
+        study.main(["--preset", "smoke", "--runs", str(tmp_path), "--only", "v0-dense", "--cap", "v0-mlp-aa=1"])
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+    study.main(["--preset", "smoke", "--runs", str(tmp_path), "--only", "v0-dense", "--cap", "v0-mlp-ae=1"])
+    encoder = tmp_path / "v0-mlp-ae" / "smoke-s0-max1"
+    classifier = tmp_path / "v0-dense" / "smoke-s0-ae-max1"
+    assert (encoder / "metrics.json").is_file() and (classifier / "metrics.json").is_file()
+    config = json.loads((classifier / "config.json").read_text())
+    assert Path(config["upstream_run"]) == encoder and config["key"]["upstream"]["key_digest"] == \
+        json.loads((encoder / "config.json").read_text())["key_digest"]
+    # the same classifier on an uncapped encoder is another run, in another folder, on another encoder run
+    plain = run_trial("v0-dense", "smoke", 0, out_dir=tmp_path, verbose=0)
+    assert plain == tmp_path / "v0-dense" / "smoke-s0" and (tmp_path / "v0-mlp-ae" / "smoke-s0").is_dir()
+    rows = {r["trial"]: r for r in json.loads((tmp_path / "study.json").read_text())["rows"]}
+    assert set(rows) == {"v0-mlp-ae", "v0-dense"}
