@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from cifar_ae import experiments as X
+from cifar_ae.runs import named_folder
 
 BASE = "v4-joint-fast"
 # row -> (what is removed, Trial changes); "baseline" is v4-joint-fast as defined in cifar_ae/trials.py
@@ -90,7 +91,7 @@ def controls(args, done):
         if not args.table_only:
             done(run_trial(name, args.preset, args.seed, args.runs, epochs=epochs, variant=variant, verbose=2))
         root = Path(args.keep if args.table_only and args.keep else args.runs)
-        run = root / name / f"{args.preset}-s{args.seed}" if variant is None else root / name / f"{args.preset}-s{args.seed}-{variant}"
+        run = named_folder(root, name, args.preset, args.seed, variant)
         if (run / "metrics.json").is_file():
             found[f"{name} ({what})"] = {**X.record(run), "trial": name, "what": what}
     if not found:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .data import CLASS_NAMES, STUDY_REDUCED_CLASSES
+from .runs import named_folder
 
 SMALL_FILES = ("config.json", "history.csv", "metrics.json")
 REPO = Path(__file__).resolve().parent.parent
@@ -25,7 +26,7 @@ def run_row(base, row, changes, preset, seed, epochs, root, verbose=2) -> Path:
 
 def find_run(root, trial, preset, seed, row) -> Path | None:
     """The complete run of a row: <root>/<row>/<trial>/<preset>-s<seed>-<row>, or None."""
-    run = Path(root) / row / trial / f"{preset}-s{seed}-{row}"
+    run = named_folder(Path(root) / row, trial, preset, seed, row)
     return run if (run / "metrics.json").is_file() else None
 
 

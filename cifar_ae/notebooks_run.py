@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .runs import named_folder
+
 REPO_DIR = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO_DIR / "notebooks"
 KERNEL = "python3"
@@ -118,7 +120,7 @@ def _check_kernel(kernel):
 
 
 def _run_record(trial, variant, preset, seed, runs, started, force):
-    run = Path(runs) / trial / (f"{preset}-s{seed}" + (f"-{variant}" if variant else ""))  # cifar_ae.runs' names
+    run = named_folder(runs, trial, preset, seed, variant or None)
     metrics_path = run / "metrics.json"
     rec = {"trial": trial, "variant": variant, "run": str(run)}
     if not metrics_path.is_file():

@@ -108,6 +108,11 @@ def folder_name(preset, seed, key_digest, plain: bool, variant=None) -> str:
     return base if plain else f"{base}-{key_digest}"
 
 
+def named_folder(root, trial_name, preset, seed, variant=None) -> Path:
+    """Where a registered trial's run (variant None) or a named variant of it lies: <root>/<trial>/<folder_name>."""
+    return Path(root) / trial_name / folder_name(preset, seed, "", True, variant)
+
+
 def inside(root, path) -> Path:
     """`path` resolved, checked to lie inside `root` (names from JSON or the command line never escape it)."""
     root_r, path_r = Path(root).resolve(), Path(path).resolve()
