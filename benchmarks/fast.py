@@ -57,6 +57,8 @@ def ablation(args, done):
     if not args.table_only:
         for row in args.rows or ABLATIONS:  # each row kept (and committed) as it finishes
             done(X.run_row(BASE, row, ABLATIONS[row][1], args.preset, args.seed, args.epochs, args.runs))
+        for seed in args.noise_seeds:  # the baseline again at other seeds: how big a row's difference must be
+            done(X.run_row(BASE, "baseline", {}, args.preset, seed, args.epochs, args.runs))
     root = args.keep if args.table_only and args.keep else args.runs
     found = X.collect(root, BASE, args.preset, args.rows or ABLATIONS, [args.seed])
     if not found:
@@ -71,6 +73,13 @@ def ablation(args, done):
         delta = "" if base is None or row == "baseline" else f"{100 * (s['test_accuracy'] - base['test_accuracy']):+.2f} pt"
         lines.append(f"| {row} | {ABLATIONS[row][0]} | {X.pct(s['val_accuracy'])} | {X.pct(s['test_accuracy'])} | {delta} | "
                      f"{s['recon_mse']:.5f} | {X.reduced_recall(s)} |")
+    noise = X.collect(root, BASE, args.preset, ["baseline"], [args.seed, *args.noise_seeds]).get("baseline")
+    if noise and len(noise["seeds"]) > 1:
+        found["baseline-seeds"] = noise
+        note += (f" Seed noise at this budget: the baseline at seeds {', '.join(map(str, noise['seeds']))} scores "
+                 f"{X.pct(noise['val_accuracy'], noise['val_accuracy_sd'])} validation and "
+                 f"{X.pct(noise['test_accuracy'], noise['test_accuracy_sd'])} test (mean ± sd), so a row within about "
+                 "two sd of the baseline is not a measured effect.")
     return title, note, "\n".join(lines) + "\n", found
 
 
@@ -161,6 +170,8 @@ def main(argv=None):
     ap.add_argument("--output", default=None, help="table path without suffix, or the figure's .png")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--rows", nargs="+", default=None, choices=list(ABLATIONS), help="ablation: only these rows")
+    ap.add_argument("--noise-seeds", nargs="+", type=int, default=[], metavar="SEED",
+                    help="ablation: also run the baseline at these seeds; the table states their spread")
     args = ap.parse_args(argv)
     args.runs = args.runs or f"runs/{args.what}_v4"
     if args.what == "figure":

@@ -77,9 +77,10 @@ def test_the_v4_ablation_table_is_built_from_its_kept_run_folders(tmp_path, cifa
     rows = {r: fast.ABLATIONS[r] for r in ("baseline", "no-label-smoothing")}
     monkeypatch.setattr(fast, "ABLATIONS", rows)
     args = ["ablation", "--preset", "smoke", "--runs", str(tmp_path / "runs"), "--keep", str(tmp_path / "kept")]
-    fast.main(args + ["--output", str(tmp_path / "first")])
+    fast.main(args + ["--output", str(tmp_path / "first"), "--noise-seeds", "1"])
     text = (tmp_path / "first.md").read_text()
     assert "| baseline |" in text and "| no-label-smoothing |" in text and " pt |" in text
+    assert "the baseline at seeds 0, 1 scores" in text and "| baseline-seeds" not in text  # a note, not a row
     fast.main(args + ["--table-only", "--output", str(tmp_path / "again")])  # from the kept copies alone
     assert (tmp_path / "again.md").read_text().split("\n")[4:] == text.split("\n")[4:]
     assert json.loads((tmp_path / "again.json").read_text())["rows"]["baseline"]["runs"][0].startswith(str(tmp_path / "kept"))
