@@ -65,13 +65,14 @@ def ablation(args, done):
         sys.exit(f"no complete ablation runs under {root}; run without --table-only first.")
     base = found.get("baseline")
     title = f"Ablation of {BASE}: each trick removed, {args.epochs} epoch(s) of `{args.preset}`, seed {args.seed}"
-    note = (f"Budget: {args.epochs} epoch(s), about {found[next(iter(found))]['train_pflops']:.3f} PFLOP per row. "
+    note = (f"Budget: {args.epochs} epoch(s), about {found[next(iter(found))]['train_pflops']:.3f} PFLOP per row (less for "
+            "a narrower net: the PFLOP column). "
             "Judge a trick by validation accuracy (the 2,000 held-out training images); test is reported, not chosen on.")
-    lines = ["| row | change | val acc | test acc | test vs baseline | recon MSE | bird / deer / truck recall |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| row | change | PFLOP | val acc | test acc | test vs baseline | recon MSE | bird / deer / truck recall |",
+             "|---|---|---|---|---|---|---|---|"]
     for row, s in found.items():
         delta = "" if base is None or row == "baseline" else f"{100 * (s['test_accuracy'] - base['test_accuracy']):+.2f} pt"
-        lines.append(f"| {row} | {ABLATIONS[row][0]} | {X.pct(s['val_accuracy'])} | {X.pct(s['test_accuracy'])} | {delta} | "
+        lines.append(f"| {row} | {ABLATIONS[row][0]} | {s['train_pflops']:.3f} | {X.pct(s['val_accuracy'])} | {X.pct(s['test_accuracy'])} | {delta} | "
                      f"{s['recon_mse']:.5f} | {X.reduced_recall(s)} |")
     noise = X.collect(root, BASE, args.preset, ["baseline"], [args.seed, *args.noise_seeds]).get("baseline")
     if noise and len(noise["seeds"]) > 1:
