@@ -169,3 +169,15 @@ def test_class_weights_favour_rare_classes():
     assert eff[1] > eff[0] and np.mean(list(eff.values())) == pytest.approx(1.0)
     with pytest.raises(D.DataError, match="valid: inverse, effective"):
         D.class_weights(y, "sqrt")
+
+
+def test_the_pca_reference_is_exact_at_full_rank_and_worse_with_fewer_components():
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("pca_reference", Path(__file__).parents[1] / "benchmarks" / "pca_reference.py")
+    pca = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pca)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (64, 4, 4, 3), dtype=np.uint8)
+    mse = pca.pca_test_mse(x, x[:16], [48, 8, 1])
+    assert mse[48] < 1e-8 < mse[8] < mse[1]
