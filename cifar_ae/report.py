@@ -90,7 +90,7 @@ def study_rows(root, trials=STUDY_TRIALS, preset="study") -> list[dict]:
         study_ref = TRIALS[name].study if name in TRIALS else runs[0]["metrics"].get("study", {})
         study = study_ref.get(metric)
         train_key = "loss" if metric == "recon_mse" else None
-        train_accs, kept, ran, caps, up_caps, seconds, cpu = [], [], [], set(), set(), 0.0, 0.0
+        train_accs, kept, ran, caps, unreached, up_caps, seconds, cpu = [], [], [], set(), set(), set(), 0.0, 0.0
         for r in runs:
             h, m = _history(r["run"]), r["metrics"]
             best = m.get("best_epoch") or len(next(iter(h.values()), [])) or None
@@ -101,7 +101,8 @@ def study_rows(root, trials=STUDY_TRIALS, preset="study") -> list[dict]:
             ran.append(m.get("epochs"))
             epochs_setting = r["config"].get("settings", {}).get("epochs")
             if epochs_setting and epochs_setting < PRESETS[preset]["epochs"]:
-                caps.add(epochs_setting)
+                # a run that stopped early, before its cap, ran the study's length: the cap did not bind
+                (unreached if m.get("stopped_early") else caps).add(epochs_setting)
             up = r["config"].get("upstream_run")  # a classifier on a capped encoder is capped too
             up_config = R.read_config(Path(root) / Path(up).parent.name / Path(up).name) if up else None
             up_epochs = (up_config or {}).get("settings", {}).get("epochs")
@@ -121,7 +122,8 @@ def study_rows(root, trials=STUDY_TRIALS, preset="study") -> list[dict]:
                      "train_accuracy": _mean_sd(train_accs)[0], "study_train_accuracy": study_ref.get("train_accuracy"),
                      "kept_epochs": kept, "epochs_run": ran,
                      "stopped_early": [bool(r["metrics"].get("stopped_early")) for r in runs],
-                     "cap": max(caps) if caps else None, "upstream_cap": max(up_caps) if up_caps else None,
+                     "cap": max(caps) if caps else None, "unreached_cap": max(unreached) if unreached else None,
+                     "upstream_cap": max(up_caps) if up_caps else None,
                      "wall_seconds": round(seconds), "cpu_seconds": round(cpu),
                      "where": where, "recall": recalls, "runs": [r["run"] for r in runs], "train_key": train_key})
     return rows
@@ -156,6 +158,8 @@ def study_markdown(rows, title="The study's table at the study's length", preset
         limit = r["cap"] or PRESETS[preset]["epochs"]
         length = ", ".join(f"{n} of {limit}" + (" (early stop)" if s else "") for n, s in zip(r["epochs_run"], r["stopped_early"]))
         length = (f"capped at {r['cap']} epochs: " if r["cap"] else "") + length
+        if r.get("unreached_cap") and not r["cap"]:
+            length += f" (its cap of {r['unreached_cap']} not reached)"
         if r.get("upstream_cap"):
             length += f"; its autoencoder capped at {r['upstream_cap']} epochs"
         capped = r["cap"] or r.get("upstream_cap")

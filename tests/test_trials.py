@@ -134,3 +134,28 @@ def test_tsne_figure_colours_every_class():
     feats = rng.normal(size=(60, 8)) + labels[:, None]
     fig = plots.tsne(feats, labels, [f"c{i}" for i in range(10)])
     assert len(fig.axes[0].collections) == 10
+
+
+def _study_run(root, trial, folder, epochs_setting, epochs, stopped_early, upstream=None):
+    run = root / trial / folder
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"settings": {"epochs": epochs_setting}, "upstream_run": upstream}))
+    (run / "metrics.json").write_text(json.dumps({"trial": trial, "preset": "study", "seed": 0, "epochs": epochs,
+                                                  "best_epoch": epochs, "stopped_early": stopped_early,
+                                                  "test_accuracy": 0.5, "recon_mse": 0.002}))
+    with open(run / "history.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["epoch", "accuracy"], *[[i, 0.5] for i in range(epochs)]])
+    return run
+
+
+def test_the_study_table_says_which_caps_bound(tmp_path):
+    from cifar_ae.report import study_markdown, study_rows
+    _study_run(tmp_path, "v0-mlp-ae", "study-s0-max30", 30, 30, False)
+    _study_run(tmp_path, "v0-dense", "study-s0-ae-max30", 100, 12, True, upstream="runs/study/v0-mlp-ae/study-s0-max30")
+    _study_run(tmp_path, "v0-conv1d", "study-s0-max30", 30, 20, True)  # stopped before its cap
+    table = {line.split(" | ")[0][2:]: line for line in study_markdown(study_rows(tmp_path)).splitlines()
+             if line.startswith("| v0-")}
+    assert "capped at 30 epochs: 30 of 30" in table["v0-mlp-ae"] and "(capped)" in table["v0-mlp-ae"]
+    assert "its autoencoder capped at 30 epochs" in table["v0-dense"] and "(capped)" in table["v0-dense"]
+    assert "20 of 100 (early stop) (its cap of 30 not reached)" in table["v0-conv1d"]
+    assert "(capped)" not in table["v0-conv1d"]
