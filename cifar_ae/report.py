@@ -75,6 +75,19 @@ def _mean_sd(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
+def _upstream_epochs(root, upstream_run) -> int | None:
+    """The epochs setting of a classifier's encoder run, found as <root>/<trial>/<folder> (the kept copy); None if
+    it is not there or its config is not what a run writes (a hand-edited file does not stop the table)."""
+    if not isinstance(upstream_run, str) or not upstream_run:
+        return None
+    try:
+        run = R.inside(root, Path(root) / Path(upstream_run).parent.name / Path(upstream_run).name)
+        epochs = (R.read_config(run) or {}).get("settings", {}).get("epochs")
+    except (R.RunConflict, R.TrialError, AttributeError, OSError):
+        return None
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+
+
 def study_rows(root, trials=STUDY_TRIALS, preset="study") -> list[dict]:
     """One record per trial: its runs on `preset` (plain or capped folders), mean and sd over seeds, verdict."""
     rows = []
@@ -103,9 +116,7 @@ def study_rows(root, trials=STUDY_TRIALS, preset="study") -> list[dict]:
             if epochs_setting and epochs_setting < PRESETS[preset]["epochs"]:
                 # a run that stopped early, before its cap, ran the study's length: the cap did not bind
                 (unreached if m.get("stopped_early") else caps).add(epochs_setting)
-            up = r["config"].get("upstream_run")  # a classifier on a capped encoder is capped too
-            up_config = R.read_config(Path(root) / Path(up).parent.name / Path(up).name) if up else None
-            up_epochs = (up_config or {}).get("settings", {}).get("epochs")
+            up_epochs = _upstream_epochs(root, r["config"].get("upstream_run"))  # on a capped encoder: capped too
             if up_epochs and up_epochs < PRESETS[preset]["epochs"]:
                 up_caps.add(up_epochs)
             seconds += sum(h.get("epoch_seconds", []))

@@ -159,3 +159,10 @@ def test_the_study_table_says_which_caps_bound(tmp_path):
     assert "its autoencoder capped at 30 epochs" in table["v0-dense"] and "(capped)" in table["v0-dense"]
     assert "20 of 100 (early stop) (its cap of 30 not reached)" in table["v0-conv1d"]
     assert "(capped)" not in table["v0-conv1d"]
+    # a hand-edited or hostile upstream_run names nothing: the table is still built, without an encoder cap
+    (tmp_path / "v1-cnn-ae" / "study-s0").mkdir(parents=True)
+    (tmp_path / "v1-cnn-ae" / "study-s0" / "config.json").write_text("{not json")
+    for i, up in enumerate([5, "../../..", "runs/study/v1-cnn-ae/study-s0", {"settings": 1}]):
+        _study_run(tmp_path, "v1-feature-classifier", f"study-s{i}", 100, 12, True, upstream=up)
+    row = next(r for r in study_rows(tmp_path) if r["trial"] == "v1-feature-classifier")
+    assert row["upstream_cap"] is None and len(row["seeds"]) == 4
