@@ -352,15 +352,17 @@ def test_the_study_loop_caps_a_classifiers_autoencoder_by_its_own_name(tmp_path,
     with pytest.raises(SystemExit, match="bad --cap 'v0-mlp-aa': not a trial of the plan"):
         study.main(["--preset", "smoke", "--runs", str(tmp_path), "--only", "v0-dense", "--cap", "v0-mlp-aa=1"])
     assert not any(tmp_path.iterdir())  # refused before anything was written
-    study.main(["--preset", "smoke", "--runs", str(tmp_path), "--only", "v0-dense", "--cap", "v0-mlp-ae=1"])
-    encoder = tmp_path / "v0-mlp-ae" / "smoke-s0-max1"
-    classifier = tmp_path / "v0-dense" / "smoke-s0-ae-max1"
+    study.main(["--preset", "smoke", "--runs", str(tmp_path), "--only", "v0-dense", "--cap", "v0-mlp-ae=2"])  # smoke trains 1 epoch: 2 is another encoder
+    encoder = tmp_path / "v0-mlp-ae" / "smoke-s0-max2"
+    classifier = tmp_path / "v0-dense" / "smoke-s0-ae-max2"
     assert (encoder / "metrics.json").is_file() and (classifier / "metrics.json").is_file()
     config = json.loads((classifier / "config.json").read_text())
     assert Path(config["upstream_run"]) == encoder and config["key"]["upstream"]["key_digest"] == \
         json.loads((encoder / "config.json").read_text())["key_digest"]
     # the same classifier on an uncapped encoder is another run, in another folder, on another encoder run
-    plain = run_trial("v0-dense", "smoke", 0, out_dir=tmp_path, verbose=0)
-    assert plain == tmp_path / "v0-dense" / "smoke-s0" and (tmp_path / "v0-mlp-ae" / "smoke-s0").is_dir()
+    from cifar_ae.training import plan_run
+    plain = plan_run("v0-dense", "smoke", 0, tmp_path)
+    assert plain.folder == tmp_path / "v0-dense" / "smoke-s0"
+    assert plain.upstream.folder == tmp_path / "v0-mlp-ae" / "smoke-s0" and plain.key_digest != config["key_digest"]
     rows = {r["trial"]: r for r in json.loads((tmp_path / "study.json").read_text())["rows"]}
     assert set(rows) == {"v0-mlp-ae", "v0-dense"}
