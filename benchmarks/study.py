@@ -98,8 +98,9 @@ def main(argv=None):
             cap = caps.get(trial)
             # a classifier's frozen autoencoder is capped by its own name (--cap v0-mlp-ae=30); the classifier's
             # folder then says so too, for it is another run than one on an uncapped encoder
-            up_cap = caps.get(get_trial(trial).upstream) if get_trial(trial).upstream else None
-            variant = "-".join([f"max{cap}"] * bool(cap) + [f"ae-max{up_cap}"] * bool(up_cap)) or None
+            up_cap = caps.get(get_trial(trial).upstream)
+            parts = ([f"max{cap}"] if cap else []) + ([f"ae-max{up_cap}"] if up_cap else [])
+            variant = "-".join(parts) or None
             t0 = time.time()
             print(f"=== {trial} seed {seed} on `study`" + (f", capped at {cap} epochs" if cap else "")
                   + (f", its autoencoder capped at {up_cap}" if up_cap else ""), flush=True)
