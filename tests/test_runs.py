@@ -366,3 +366,24 @@ def test_the_study_loop_caps_a_classifiers_autoencoder_by_its_own_name(tmp_path,
     assert plain.upstream.folder == tmp_path / "v0-mlp-ae" / "smoke-s0" and plain.key_digest != config["key_digest"]
     rows = {r["trial"]: r for r in json.loads((tmp_path / "study.json").read_text())["rows"]}
     assert set(rows) == {"v0-mlp-ae", "v0-dense"}
+
+
+def test_the_side_experiments_share_one_encoder_and_table_what_ran(tmp_path, cifar_dir):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("study_bench", Path(__file__).parents[1] / "benchmarks" / "study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    with pytest.raises(SystemExit, match="bad --rows 'decoder-transposed': not a side experiment"):
+        study.main(["--side", "--preset", "smoke", "--runs", str(tmp_path), "--rows", "decoder-transposed"])
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+    study.main(["--side", "--preset", "smoke", "--runs", str(tmp_path), "--rows", "cls-adam-1e-2-b128"])
+    encoder = tmp_path / "side" / "v1-cnn-ae" / "smoke-s0-decoder-transpose"
+    classifier = tmp_path / "side" / "v1-feature-classifier" / "smoke-s0-cls-adam-1e-2-b128"
+    config = json.loads((classifier / "config.json").read_text())
+    assert Path(config["upstream_run"]) == encoder and config["trial"]["learning_rate"] == 1e-2
+    table = (tmp_path / "study_side.md").read_text()
+    assert "Rows run: 2 of " in table  # the classifier's encoder is the decoder-transpose row itself
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"row", "decoder-transpose", "cls-adam-1e-2-b128"}
+    assert '{"learning_rate": 0.01, "batch_size": 128}' in rows["cls-adam-1e-2-b128"]
+    assert " 1: " in rows["decoder-transpose"]  # its validation-MSE curve
