@@ -134,9 +134,10 @@ def _fingerprint(root: Path, fmt: str) -> str:
         for split in ("train", "test"):
             for dirpath, dirnames, filenames in os.walk(root / split, followlinks=True):  # symlinked class folders too
                 dirnames.sort()
+                rel = os.path.relpath(dirpath, root)  # once per folder: relpath per file was 2/3 of the time
                 for f in sorted(filenames):
                     st = os.stat(os.path.join(dirpath, f))
-                    h.update(f"{os.path.relpath(os.path.join(dirpath, f), root)}:{st.st_size}:{st.st_mtime_ns};".encode())
+                    h.update(f"{rel}{os.sep}{f}:{st.st_size}:{st.st_mtime_ns};".encode())
     else:
         for f in sorted(root.iterdir()):
             st = f.stat()

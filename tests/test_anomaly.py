@@ -193,10 +193,17 @@ def test_corruption_table_has_every_severity():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("CIFAR10_DIR"), reason="needs real CIFAR-10 (set CIFAR10_DIR)")
-def test_cli_one_class_smoke_writes_run_folder(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def anomaly_runs(tmp_path_factory):
+    """One runs folder for the CLI test and the notebook's: the notebook reuses the one-class models (and cached
+    scores) the CLI trained, 20 s less; either test alone trains them itself."""
+    return tmp_path_factory.mktemp("anomaly-runs")
+
+
+def test_cli_one_class_smoke_writes_run_folder(anomaly_runs, capsys):
     from cifar_ae.cli import main
-    assert main(["anomaly", "--protocol", "one-class", "--preset", "smoke", "--out", str(tmp_path)]) == 0
-    run = tmp_path / "anomaly" / "one-class" / "smoke-s0"
+    assert main(["anomaly", "--protocol", "one-class", "--preset", "smoke", "--out", str(anomaly_runs)]) == 0
+    run = anomaly_runs / "anomaly" / "one-class" / "smoke-s0"
     config, result = json.loads((run / "config.json").read_text()), json.loads((run / "auroc.json").read_text())
     assert config["preset"] == "smoke" and config["seed"] == 0 and "keras" in config["versions"]
     assert "anomaly --protocol one-class --preset smoke" in result["command"]
@@ -218,7 +225,7 @@ def test_cli_rejects_unknown_preset(capsys):
     assert "unknown preset" in capsys.readouterr().err
 
 
-def test_anomaly_notebook_runs_top_to_bottom_on_smoke(tmp_path, monkeypatch):
+def test_anomaly_notebook_runs_top_to_bottom_on_smoke(tmp_path, anomaly_runs, monkeypatch):
     """CI executes the anomaly notebook on the smoke preset; a cell that raises fails this test."""
     import os
     from pathlib import Path
@@ -228,4 +235,4 @@ def test_anomaly_notebook_runs_top_to_bottom_on_smoke(tmp_path, monkeypatch):
         pytest.skip("CIFAR10_DIR is not set to the CIFAR-10 folder")
     notebook = Path(__file__).resolve().parent.parent / "notebooks" / "anomaly_detection.ipynb"
     papermill.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), kernel_name="python3",
-                               parameters={"PRESET": "smoke", "RUNS": str(tmp_path / "runs")}, progress_bar=False)
+                               parameters={"PRESET": "smoke", "RUNS": str(anomaly_runs)}, progress_bar=False)

@@ -38,20 +38,21 @@ def comparable(m):
 # --------------------------------------------------------------------------- identity
 
 def test_an_override_gets_its_own_folder_and_the_plain_run_is_reused(tmp_path, cifar_dir, capsys):
-    plain = run_trial("v2-joint-noaug", "smoke", 0, out_dir=tmp_path, verbose=0)
-    assert plain == tmp_path / "v2-joint-noaug" / "smoke-s0"
+    # the smallest trial (a 4 s smoke run): run identity does not depend on the model
+    plain = run_trial("v0-mlp-ae", "smoke", 0, out_dir=tmp_path, verbose=0)
+    assert plain == tmp_path / "v0-mlp-ae" / "smoke-s0"
     before = (plain / "metrics.json").read_bytes(), (plain / "metrics.json").stat().st_mtime_ns
-    fast = run_trial("v2-joint-noaug", "smoke", 0, out_dir=tmp_path, verbose=0, learning_rate=0.5)
-    longer = run_trial("v2-joint-noaug", "smoke", 0, out_dir=tmp_path, verbose=0, epochs=2)
+    fast = run_trial("v0-mlp-ae", "smoke", 0, out_dir=tmp_path, verbose=0, learning_rate=0.5)
+    longer = run_trial("v0-mlp-ae", "smoke", 0, out_dir=tmp_path, verbose=0, epochs=2)
     assert len({plain, fast, longer}) == 3 and all(p.parent == plain.parent for p in (fast, longer))
     assert json.loads((fast / "config.json").read_text())["trial"]["learning_rate"] == 0.5
     assert [float(r["learning_rate"]) for r in history(fast)] == [0.5]
     assert len(history(longer)) == 2
-    named = run_trial(get_trial("v2-joint-noaug", learning_rate=0.5), "smoke", 0, out_dir=tmp_path, verbose=0,
+    named = run_trial(get_trial("v0-mlp-ae", learning_rate=0.5), "smoke", 0, out_dir=tmp_path, verbose=0,
                       variant="lr-high")
     assert named.name == "smoke-s0-lr-high"
     capsys.readouterr()
-    assert run_trial("v2-joint-noaug", "smoke", 0, out_dir=tmp_path, verbose=0) == plain
+    assert run_trial("v0-mlp-ae", "smoke", 0, out_dir=tmp_path, verbose=0) == plain
     assert "complete run found" in capsys.readouterr().out
     assert ((plain / "metrics.json").read_bytes(), (plain / "metrics.json").stat().st_mtime_ns) == before
     keys = {json.loads((p / "config.json").read_text())["key_digest"] for p in (plain, fast, longer)}
@@ -61,8 +62,8 @@ def test_an_override_gets_its_own_folder_and_the_plain_run_is_reused(tmp_path, c
     assert config["op_determinism"] is True and config["key"]["settings"]["epochs"] == 1
     # the same variant name for a different trial is refused, not reused; force retrains only that one run
     with pytest.raises(RunConflict, match="holds another run"):
-        run_trial("v2-joint-noaug", "smoke", 0, out_dir=tmp_path, verbose=0, variant="lr-high", learning_rate=0.1)
-    run_trial("v2-joint-noaug", "smoke", 0, out_dir=tmp_path, verbose=0, variant="lr-high", learning_rate=0.1,
+        run_trial("v0-mlp-ae", "smoke", 0, out_dir=tmp_path, verbose=0, variant="lr-high", learning_rate=0.1)
+    run_trial("v0-mlp-ae", "smoke", 0, out_dir=tmp_path, verbose=0, variant="lr-high", learning_rate=0.1,
               force=True)
     assert ((plain / "metrics.json").read_bytes(), (plain / "metrics.json").stat().st_mtime_ns) == before
     assert fast.is_dir() and longer.is_dir()

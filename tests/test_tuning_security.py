@@ -40,7 +40,9 @@ def test_forged_reports_are_refused_and_the_best_is_rescored_by_the_chief(tmp_pa
             "--oracle-port", str(port)]
     service = protos.get_service()
     with TuneProcesses(tmp_path, base, REPO) as tp:
-        tp.start("chief", ["--chief", "--overwrite", "--trial-timeout", "20"])  # 'evil' is forgotten 20 s after its report
+        # 'evil' is forgotten 40 s after its report (not 20: on a CPU shared with another test worker, an honest
+        # smoke trial can go that long unreported, and would be expired)
+        tp.start("chief", ["--chief", "--overwrite", "--trial-timeout", "40"])
         stub = protos.get_service_grpc().OracleStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
         space = hp_module.HyperParameters.from_proto(
             stub.GetSpace(service.GetSpaceRequest(), wait_for_ready=True, timeout=90).hyperparameters)
