@@ -191,8 +191,6 @@ def test_corruption_table_has_every_severity():
 
 # --------------------------------------------------------------------------- CLI
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("CIFAR10_DIR"), reason="needs real CIFAR-10 (set CIFAR10_DIR)")
 @pytest.fixture(scope="module")
 def anomaly_runs(tmp_path_factory):
     """One runs folder for the CLI test and the notebook's: the notebook reuses the one-class models (and cached
@@ -200,6 +198,8 @@ def anomaly_runs(tmp_path_factory):
     return tmp_path_factory.mktemp("anomaly-runs")
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("CIFAR10_DIR"), reason="needs real CIFAR-10 (set CIFAR10_DIR)")
 def test_cli_one_class_smoke_writes_run_folder(anomaly_runs, capsys):
     from cifar_ae.cli import main
     assert main(["anomaly", "--protocol", "one-class", "--preset", "smoke", "--out", str(anomaly_runs)]) == 0
