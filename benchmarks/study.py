@@ -175,8 +175,9 @@ def run_side(args, runs_root, keep_root):
              f"from the run folders under {keep_root or runs_root}/side. Each row is its base trial with the changes "
              f"shown, seed 0, on `{side_preset}` for " + ", ".join(f"{n or 'its'} epochs ({k})" for k, n in lengths.items())
              + ": long enough to show each effect, not the study's length. The classifier rows share one frozen "
-             f"encoder, the `{SIDE[0][0]}` row's. Curves give the first, middle and last epoch; MSE is in the "
-             "input's own units (z-scored input: z units).", "",
+             f"encoder, the `{SIDE[0][0]}` row's. Curves give the first, middle and last epoch. MSE is against "
+             "the [0, 1] image in every row: a mean-subtracted or z-scored input is still reconstructed in [0, 1] "
+             "(the study reconstructed the scaled image itself, so its MSEs for those rows are in other units).", "",
              f"Rows run: {len(records)} of {len(SIDE)}"
              + ("" if len(records) == len(SIDE) else " (not yet run: "
                 + ", ".join(r for r in names if r not in {rec[0] for rec in records}) + ")") + ".", "",
