@@ -88,6 +88,24 @@ def test_the_v4_ablation_table_is_built_from_its_kept_run_folders(tmp_path, cifa
         fast.main(["ablation", "--commit"])  # --commit without --keep: refused before anything runs
 
 
+def test_the_v4_sweep_is_tabled_against_the_leads_own_run(tmp_path, cifar_dir):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import fast
+    run_trial(fast.SWEEP_BASE, "smoke", 0, tmp_path / "reference", verbose=0)  # the lead's own run, not retrained
+    args = ["sweep", "--preset", "smoke", "--runs", str(tmp_path / "runs"), "--reference", str(tmp_path / "reference"),
+            "--rows", "lr-0.75", "--output", str(tmp_path / "sweep")]
+    fast.main(args)
+    text = (tmp_path / "sweep.md").read_text()
+    assert "| lead |" in text and "| lr-0.75 |" in text and " pt |" in text
+    assert not (tmp_path / "runs" / "lead").exists()
+    run = next((tmp_path / "runs" / "lr-0.75").rglob("config.json"))
+    assert json.loads(run.read_text())["trial"]["learning_rate"] == 0.75
+    with pytest.raises(SystemExit):
+        fast.main(["sweep", "--rows", "no-such-row"])  # refused before anything runs
+
+
 def test_airbench_convs_start_as_identities():
     w = np.asarray(M.PartialDirac(seed=0)((3, 3, 24, 64)))
     assert np.array_equal(w[..., :24], np.pad(np.eye(24)[None, None], [[1, 1], [1, 1], [0, 0], [0, 0]]))
