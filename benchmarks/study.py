@@ -115,12 +115,19 @@ def main(argv=None):
             if keep_root is not None:
                 kept = [keep(r, runs_root, keep_root) for r in kept]  # small files and figures
             print(f"=== {trial} seed {seed}: done in {time.time() - t0:.0f} s this call -> {kept[0]}", flush=True)
+            tables = write_tables(keep_root or runs_root, args.results, args.preset)  # the run and its row land together
             if args.commit and keep_root is not None:
-                commit(kept, f"results: study preset, {trial} seed {seed}" + (f" (capped at {cap} epochs)" if cap else "")
+                commit(kept + tables, f"results: study preset, {trial} seed {seed}" + (f" (capped at {cap} epochs)" if cap else "")
                        + (f" (autoencoder capped at {up_cap} epochs)" if up_cap else ""))
+    write_tables(keep_root or runs_root, args.results, args.preset)
+
+
+def write_tables(root, results, preset) -> list:
     from cifar_ae.report import write_study_tables
-    for path in write_study_tables(keep_root or runs_root, args.results, preset=args.preset):
+    paths = [Path(p) for p in write_study_tables(root, results, preset=preset)]
+    for path in paths:
         print(f"wrote {path}")
+    return paths
 
 
 def _curve(run, keys):
