@@ -1,6 +1,6 @@
 """The v4 (airbench-style) joint model's experiments, all from run folders: the ablation (each trick removed, one
-seed, a third of the 0.15 PFLOP budget), the sweep (the batch-256 lead with one change a row, the whole budget), the controls (no reconstruction loss; the balanced set) at the same compute,
-and the accuracy-against-compute figure.
+seed, a third of the 0.15 PFLOP budget), the sweep (the batch-256 lead with one change a row, the whole budget), the
+controls (no reconstruction loss; the balanced set) at the same compute, and the accuracy-against-compute figure.
 
     CIFAR10_DIR=../shared/cifar10 python benchmarks/fast.py ablation --output results/ablation_v4 \
         --keep results/runs/ablation_v4 --commit
@@ -76,13 +76,14 @@ def sweep(args, done):
     """SWEEP's rows on top of the lead, each at the preset's whole length; its seed-0 run (the time-to-accuracy
     benchmark's, under --reference) is the row they are compared to, so it is not trained again."""
     title = f"Sweep on {SWEEP_BASE}: one change a row, the whole `{args.preset}` preset, seed {args.seed}"
-    return one_change_table(args, done, SWEEP_BASE, SWEEP, None, title, SWEEP_REFERENCE,
-                            reference=Path(args.reference) / SWEEP_BASE / f"{args.preset}-s{args.seed}")
+    reference = (Path(args.reference) / SWEEP_BASE / f"{args.preset}-s{args.seed}",
+                 f"{SWEEP_BASE} as defined (its time-to-accuracy run)")
+    return one_change_table(args, done, SWEEP_BASE, SWEEP, None, title, SWEEP_REFERENCE, reference)
 
 
 def one_change_table(args, done, base_trial, rows, epochs, title, base_row, reference=None):
-    """Train each row (base_trial with one change), then table them against base_row: a row of `rows`, or the
-    complete run folder `reference`."""
+    """Train each row (base_trial with one change), then table them against base_row: a row of `rows`, or
+    reference = (a complete run folder, what it is)."""
     if not args.table_only:
         for row in args.rows or rows:  # each row kept (and committed) as it finishes
             done(X.run_row(base_trial, row, rows[row][1], args.preset, args.seed, epochs, args.runs))
@@ -90,15 +91,15 @@ def one_change_table(args, done, base_trial, rows, epochs, title, base_row, refe
             done(X.run_row(base_trial, base_row, {}, args.preset, seed, epochs, args.runs))
     root = args.keep if args.table_only and args.keep else args.runs
     found = X.collect(root, base_trial, args.preset, args.rows or rows, [args.seed])
-    if reference is not None and (reference / "metrics.json").is_file():
-        found = {base_row: X.summarize([X.record(reference)]), **found}
+    described = dict(rows)
+    if reference is not None and (reference[0] / "metrics.json").is_file():
+        found = {base_row: X.summarize([X.record(reference[0])]), **found}
+        described[base_row] = (reference[1], {})
     if not found:
         sys.exit(f"no complete runs under {root}; run without --table-only first.")
-    described = {**rows, SWEEP_REFERENCE: (f"{base_trial} as defined (its time-to-accuracy run)", {})}
-    base = found.get(base_row)
-    pflops = found[next(iter(found))]["train_pflops"]
-    length = f"{epochs} epoch(s)" if epochs else f"the preset's {found[next(iter(found))]['epochs']} epochs"
-    note = (f"Budget: {length}, about {pflops:.3f} PFLOP per row (less for a narrower net: the PFLOP column). "
+    base, first = found.get(base_row), next(iter(found.values()))
+    length = f"{epochs} epoch(s)" if epochs else f"the preset's {first['epochs']} epochs"
+    note = (f"Budget: {length}, about {first['train_pflops']:.3f} PFLOP per row (less for a narrower net: the PFLOP column). "
             "Judge a trick by validation accuracy (the 2,000 held-out training images); test is reported, not chosen on.")
     lines = [f"| row | change | PFLOP | val acc | test acc | test vs {base_row} | recon MSE | bird / deer / truck recall |",
              "|---|---|---|---|---|---|---|---|"]
