@@ -336,6 +336,9 @@ TRIALS = {t.name: t for t in [
     _v4("v4-joint-fast", "airbench94's network and recipe as a joint model (reconstruction + label from one code)."),
     _v4("v4-joint-fast-b256", "v4-joint-fast at batch 256 (the same learning rate): four times the optimizer steps "
         "for the same compute, the change results/ablation_v4.md ranks first on validation accuracy.", batch_size=256),
+    _v4("v4-joint-fast-b256-recon40", "v4-joint-fast-b256 at reconstruction weight 40 instead of 10: the "
+        "results/sweep_v4.md row whose reconstruction MSE met the <= 0.001 goal at one seed.", batch_size=256,
+        recon_weight=(40.0, 40.0)),
     _v4("v4-joint-fast-norecon", "v4-joint-fast without the decoder's loss (reconstruction weight 0): the control "
         "for what reconstructing costs or gives.", loss_weights={"reconstruction": 0.0, "label": 1.0}, recon_weight=None),
     _v4("v4-joint-fast-balanced", "v4-joint-fast on the balanced control set (2,500 per class): the control for "

@@ -61,6 +61,18 @@ def test_v4_trials_run_on_smoke(name, tmp_path, cifar_dir):
     assert config["trial"]["momentum"] == 0.85 and config["trial"]["augmentation"]["flip"] == "alternate"
 
 
+@pytest.mark.parametrize("name, base, changed", [
+    ("v4-joint-fast-b256", "v4-joint-fast", {"batch_size"}),
+    ("v4-joint-fast-b256-recon40", "v4-joint-fast-b256", {"recon_weight"}),
+    ("v4-joint-fast-norecon", "v4-joint-fast", {"loss_weights", "recon_weight"}),
+    ("v4-joint-fast-balanced", "v4-joint-fast", {"train_set"})])
+def test_each_v4_variant_changes_only_what_its_name_says(name, base, changed):
+    import dataclasses
+    a, b = TRIALS[name], TRIALS[base]
+    differ = {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
+    assert differ == changed | {"name", "description"}
+
+
 def test_trick_fields_are_checked():
     with pytest.raises(TrialError, match="momentum applies to optimizer='sgd' only"):
         run_trial("v3-joint-resnet", "smoke", 0, momentum=0.9)
