@@ -7,6 +7,10 @@ to 80 / 85 / 86 / 90 / 93%, over one or more seeds.
     (--epochs N cuts a run short, as a variant; --pflops P sets the epochs from a compute budget;
     --keep results/runs/time_to_accuracy --commit keeps and commits each run as it finishes)
 
+A seed already kept under --keep with the same run key is read from there, not trained again: the seeds of one
+result can be trained in different sessions (`--seeds 0`, then later `--seeds 0 1 2`). A kept run made with
+another key (another precision on another CPU, an edited trial) is trained again.
+
 The per-epoch test scores go into each run's history.csv (test_accuracy, test_recon_mse), so a killed run resumes
 and its curve stays whole. Compute is cifar_ae.compute's count (6 FLOPs per trainable multiply-add); speed is the
 median epoch's, as a fraction of this machine's peak measured in the same process (benchmarks/peak_flops.py).
@@ -83,6 +87,27 @@ def summarize(per_seed) -> dict:
     return out
 
 
+def kept_run(trial, preset, seed, keep_root, epochs, variant):
+    """This seed's run, already finished and kept (its small files under --keep, e.g. from an earlier session whose
+    runs/ is gone), or None. Only the very same run counts: its key (trial, settings, seed, data, precision)
+    must match the one this command would train, so a run made with another precision or an edited trial is
+    trained again, not reused."""
+    if not keep_root:
+        return None
+    from cifar_ae import runs as R
+    from cifar_ae.training import builder_defaults, plan_run
+    plan = plan_run(trial, preset, seed, keep_root, epochs=epochs, variant=variant)
+    if not (plan.folder / "metrics.json").is_file():
+        return None
+    try:
+        R.check_same_run(plan.folder, plan.key_digest, R.read_config(plan.folder), plan.trial.model_args,
+                         builder_defaults(plan.trial.model))
+    except R.RunConflict as e:
+        print(f"seed {seed}: the kept run is another run, so it is trained again ({e})", flush=True)
+        return None
+    return plan.folder
+
+
 def main(argv=None):
     from cifar_ae import hardware as H
     from cifar_ae.data import load_cifar10
@@ -120,9 +145,15 @@ def main(argv=None):
     peak = peak_flops.measure(repeats=args.peak_repeats)
     per_seed = []
     for seed in args.seeds:
-        run = run_trial(trial, args.preset, seed, args.out, epochs=epochs, variant=variant, verbose=2,
-                        callbacks=[TestEveryEpoch(d.x_test, d.y_test, tta=trial.tta_flip)])
-        done(run)
+        reused = kept_run(trial, args.preset, seed, args.keep, epochs, variant)
+        if reused is not None:
+            print(f"seed {seed}: reusing the kept run {reused} (delete it to train this seed again)", flush=True)
+            run = kept_folder = reused
+        else:
+            run = run_trial(trial, args.preset, seed, args.out, epochs=epochs, variant=variant, verbose=2,
+                            callbacks=[TestEveryEpoch(d.x_test, d.y_test, tta=trial.tta_flip)])
+            done(run)
+            kept_folder = Path(args.keep) / Path(run).relative_to(args.out) if args.keep else None
         m = json.loads((run / "metrics.json").read_text())
         config = json.loads((run / "config.json").read_text())
         points = curve(run)
@@ -131,14 +162,17 @@ def main(argv=None):
         ips = statistics.median(speeds) if speeds else None
         precision = config.get("precision", "float32")
         ref = peak["kernels"].get("bfloat16" if "bfloat16" in precision else "float32", peak["kernels"]["float32"])
-        achieved = None if ips is None else ips * config["train_flops_per_image"] / 1e9
+        here = config.get("machine") == H.describe()  # a reused seed may have run on another CPU than the peak's
+        achieved = None if ips is None or not here else ips * config["train_flops_per_image"] / 1e9
         per_seed.append({
             "seed": seed, "run_folder": str(run),
-            "kept_folder": str(Path(args.keep) / Path(run).relative_to(args.out)) if args.keep else None, "epochs": m["epochs"], "best_epoch": m.get("best_epoch"),
+            "kept_folder": None if kept_folder is None else str(kept_folder), "reused": reused is not None,
+            "epochs": m["epochs"], "best_epoch": m.get("best_epoch"),
             "final_test_accuracy": m["test_accuracy"], "final_test_accuracy_without_tta": m.get("test_accuracy_without_tta"),
             "recon_mse": m.get("recon_mse"), "train_pflops": m.get("train_pflops"), "curve": points,
             "thresholds": {f"{int(round(t * 100))}": reached(points, t) for t in THRESHOLDS},
             "images_per_second": None if ips is None else round(ips, 1), "precision": precision,
+            "machine": config.get("machine"),
             "achieved_gflops": None if achieved is None else round(achieved, 1),
             "fraction_of_peak": None if achieved is None else round(achieved / ref["peak_gflops"], 3)})
     summary = summarize(per_seed)

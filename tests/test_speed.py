@@ -93,6 +93,30 @@ def test_time_to_accuracy_reports_compute_to_each_threshold_over_seeds(tmp_path,
     assert 0 < r["per_seed"][0]["fraction_of_peak"] < 2
 
 
+def test_time_to_accuracy_reads_seeds_kept_by_an_earlier_session(tmp_path, cifar_dir):
+    import shutil
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import time_to_accuracy
+    def bench(name, *seeds):
+        time_to_accuracy.main(["--trial", "v2-joint-noaug", "--preset", "smoke", "--epochs", "1", "--seeds",
+                               *map(str, seeds), "--out", str(tmp_path / "runs"), "--output", str(tmp_path / name),
+                               "--peak-repeats", "1", "--keep", str(tmp_path / "kept")])
+        return json.loads((tmp_path / name).read_text())
+    first = bench("first.json", 0)
+    shutil.rmtree(tmp_path / "runs")  # a new session: runs/ is gone, the kept small files are committed
+    second = bench("second.json", 0, 1)
+    assert [s["reused"] for s in second["per_seed"]] == [True, False]
+    assert second["per_seed"][0]["final_test_accuracy"] == first["per_seed"][0]["final_test_accuracy"]
+    assert not (tmp_path / "runs" / "v2-joint-noaug" / Path(first["per_seed"][0]["run_folder"]).name).exists()
+    kept = Path(second["per_seed"][0]["kept_folder"])
+    config = json.loads((kept / "config.json").read_text())
+    (kept / "config.json").write_text(json.dumps({**config, "key_digest": "another"}))  # e.g. bf16 on another CPU
+    third = bench("third.json", 0)
+    assert third["per_seed"][0]["reused"] is False  # another run's files are never reused
+
+
 def test_time_to_accuracy_averages_each_threshold_every_seed_reached():
     import sys
     from pathlib import Path
