@@ -63,9 +63,9 @@ def verdict(ours, theirs, metric) -> str:
         return ""
     if metric == "recon_mse":
         ratio = ours / theirs
-        return "reproduced" if abs(ratio - 1) <= MSE_TOLERANCE else ("better" if ratio < 1 else "worse")
-    diff = ours - theirs
-    return "reproduced" if abs(diff) <= ACC_TOLERANCE else ("better" if diff > 0 else "worse")
+        return "reproduced" if round(abs(ratio - 1), 9) <= MSE_TOLERANCE else ("better" if ratio < 1 else "worse")
+    diff = ours - theirs  # rounded: 0.88 - 0.86 is 0.020000000000000018 in floating point, and 2 points reproduce
+    return "reproduced" if round(abs(diff), 9) <= ACC_TOLERANCE else ("better" if diff > 0 else "worse")
 
 
 def _mean_sd(values):
@@ -88,62 +88,116 @@ def _upstream_epochs(root, upstream_run) -> int | None:
     return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
 
 
+def _train_accuracy_at(run, epoch) -> float | None:
+    """Training accuracy in history.csv's row for `epoch` (1-based; the csv counts from 0), found by its epoch
+    column, so a missing cell or a repeated row cannot shift it onto another epoch."""
+    import csv
+    path = Path(run) / "history.csv"
+    if not path.is_file() or not epoch:
+        return None
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            if r.get("epoch") not in (None, "") and int(float(r["epoch"])) == epoch - 1:
+                v = r.get("label_accuracy") or r.get("accuracy")
+                return float(v) if v not in (None, "") else None
+    return None
+
+
+def study_groups(root, name, preset="study") -> list[tuple[dict, list]]:
+    """A trial's runs on `preset`, grouped so that only like runs are averaged: one group per length (the epochs
+    setting, and that of a classifier's encoder) and definition (what the run changed against the registered
+    trial, e.g. a trial edited since). Each run key counts once. Uncapped groups come first, then by cap."""
+    from .runs import canonical
+    groups, seen = {}, set()
+    for r in collect_runs(Path(root) / name):
+        if r["metrics"].get("preset") != preset or r["metrics"].get("trial") != name:
+            continue
+        key = r["config"].get("key_digest") or r["run"]
+        if key in seen:
+            continue
+        seen.add(key)
+        changed = {k: v for k, v in changed_fields(r["config"]).items() if k != "epochs"} if r["config"].get("trial") else {}
+        length = (r["config"].get("settings", {}).get("epochs"), _upstream_epochs(root, r["config"].get("upstream_run")))
+        groups.setdefault((length, json.dumps(canonical(changed), sort_keys=True)), ([length, changed], []))[1].append(r)
+    full = PRESETS[preset]["epochs"]
+
+    def order(item):
+        (epochs, up_epochs), changed = item[0]
+        return epochs != full, -(epochs or 0), -(up_epochs or full), changed
+    return [(dict(epochs=g[0][0], upstream_epochs=g[0][1], changed=g[1]), runs)
+            for _, (g, runs) in sorted(groups.items(), key=order)]
+
+
 def study_rows(root, trials=STUDY_TRIALS, preset="study") -> list[dict]:
-    """One record per trial: its runs on `preset` (plain or capped folders), mean and sd over seeds, verdict."""
+    """One record per trial and group (study_groups: a capped run is never averaged with an uncapped one): its
+    runs on `preset`, mean and sd over seeds, verdict."""
     rows = []
     for name in trials:
-        runs = [r for r in collect_runs(Path(root) / name) if r["metrics"].get("preset") == preset
-                and r["metrics"].get("trial") == name]
-        if not runs:
-            continue
-        metric = "recon_mse" if all("test_accuracy" not in r["metrics"] for r in runs) else "test_accuracy"
-        values = [r["metrics"][metric] for r in runs]
-        mean, sd = _mean_sd(values)
-        from .trials import TRIALS  # the study's numbers are the trial's (a fact about the study, not the run)
-        study_ref = TRIALS[name].study if name in TRIALS else runs[0]["metrics"].get("study", {})
-        study = study_ref.get(metric)
-        train_key = "loss" if metric == "recon_mse" else None
-        train_accs, kept, ran, caps, unreached, up_caps, seconds, cpu = [], [], [], set(), set(), set(), 0.0, 0.0
-        for r in runs:
-            h, m = _history(r["run"]), r["metrics"]
-            best = m.get("best_epoch") or len(next(iter(h.values()), [])) or None
-            acc_key = next((k for k in ("label_accuracy", "accuracy") if k in h), None)
-            if acc_key and best:
-                train_accs.append(h[acc_key][best - 1])
-            kept.append(best)
-            ran.append(m.get("epochs"))
-            epochs_setting = r["config"].get("settings", {}).get("epochs")
-            if epochs_setting and epochs_setting < PRESETS[preset]["epochs"]:
-                # a run that stopped early, before its cap, ran the study's length: the cap did not bind
-                (unreached if m.get("stopped_early") else caps).add(epochs_setting)
-            up_epochs = _upstream_epochs(root, r["config"].get("upstream_run"))  # on a capped encoder: capped too
-            if up_epochs and up_epochs < PRESETS[preset]["epochs"]:
-                up_caps.add(up_epochs)
-            seconds += sum(h.get("epoch_seconds", []))
-            cpu += sum(h.get("train_user_seconds", [])) + sum(h.get("train_sys_seconds", []))
-        machine = runs[0]["config"].get("machine", {})
-        where = (", ".join(g["name"] for g in machine.get("gpus", [])) or machine.get("cpu_model", "?")) if machine else "?"
-        recalls = {}
-        for c in CLASS_NAMES:
-            vals = [r["metrics"]["per_class"][c]["recall"] for r in runs if "per_class" in r["metrics"]]
-            if vals:
-                recalls[c] = _mean_sd(vals)[0]
-        rows.append({"trial": name, "metric": metric, "seeds": [r["metrics"]["seed"] for r in runs], "values": values,
-                     "mean": mean, "sd": sd, "study": study, "verdict": verdict(mean, study, metric),
-                     "train_accuracy": _mean_sd(train_accs)[0], "study_train_accuracy": study_ref.get("train_accuracy"),
-                     "kept_epochs": kept, "epochs_run": ran,
-                     "stopped_early": [bool(r["metrics"].get("stopped_early")) for r in runs],
-                     "cap": max(caps) if caps else None, "unreached_cap": max(unreached) if unreached else None,
-                     "upstream_cap": max(up_caps) if up_caps else None,
-                     "wall_seconds": round(seconds), "cpu_seconds": round(cpu),
-                     "where": where, "recall": recalls, "runs": [r["run"] for r in runs], "train_key": train_key})
+        for group, runs in study_groups(root, name, preset):
+            rows.append(_study_row(root, name, group, runs, preset))
     return rows
+
+
+def _study_row(root, name, group, runs, preset) -> dict:
+    metric = "test_accuracy" if any("test_accuracy" in r["metrics"] for r in runs) else "recon_mse"
+    runs = [r for r in runs if metric in r["metrics"]]
+    values = [r["metrics"][metric] for r in runs]
+    mean, sd = _mean_sd(values)
+    from .trials import TRIALS  # the study's numbers are the trial's (a fact about the study, not the run)
+    study_ref = TRIALS[name].study if name in TRIALS else runs[0]["metrics"].get("study", {})
+    study = study_ref.get(metric)
+    train_accs, kept, ran, caps, unreached, up_caps, seconds, cpu = [], [], [], set(), set(), set(), 0.0, 0.0
+    for r in runs:
+        h, m = _history(r["run"]), r["metrics"]
+        best = m.get("best_epoch") or len(next(iter(h.values()), [])) or None
+        acc = _train_accuracy_at(r["run"], best)
+        if acc is not None:
+            train_accs.append(acc)
+        kept.append(best)
+        ran.append(m.get("epochs"))
+        epochs_setting = group["epochs"]
+        if epochs_setting and epochs_setting < PRESETS[preset]["epochs"]:
+            # a run that stopped early, before its cap, ran the study's length: the cap did not bind
+            (unreached if m.get("stopped_early") else caps).add(epochs_setting)
+        up_epochs = group["upstream_epochs"]  # on a capped encoder: capped too
+        if up_epochs and up_epochs < PRESETS[preset]["epochs"]:
+            up_caps.add(up_epochs)
+        seconds += sum(h.get("epoch_seconds", []))
+        cpu += sum(h.get("train_user_seconds", [])) + sum(h.get("train_sys_seconds", []))
+    machines = []
+    for r in runs:
+        machine = r["config"].get("machine", {})
+        where = (", ".join(g["name"] for g in machine.get("gpus", [])) or machine.get("cpu_model", "?")) if machine else "?"
+        if where not in machines:
+            machines.append(where)
+    recalls = {}
+    for c in CLASS_NAMES:
+        vals = [r["metrics"]["per_class"][c]["recall"] for r in runs if "per_class" in r["metrics"]]
+        if vals:
+            recalls[c] = _mean_sd(vals)[0]
+    return {"trial": name, "changed": group["changed"], "metric": metric,
+            "seeds": [r["metrics"]["seed"] for r in runs], "values": values,
+            "mean": mean, "sd": sd, "study": study, "verdict": verdict(mean, study, metric),
+            "train_accuracy": _mean_sd(train_accs)[0], "study_train_accuracy": study_ref.get("train_accuracy"),
+            "kept_epochs": kept, "epochs_run": ran,
+            "stopped_early": [bool(r["metrics"].get("stopped_early")) for r in runs],
+            "cap": max(caps) if caps else None, "unreached_cap": max(unreached) if unreached else None,
+            "upstream_cap": max(up_caps) if up_caps else None,
+            "wall_seconds": round(seconds), "cpu_seconds": round(cpu),
+            "where": ", ".join(machines), "recall": recalls, "runs": [r["run"] for r in runs],
+            "train_key": "loss" if metric == "recon_mse" else None}
 
 
 def _value(v, metric):
     if v is None:
         return ""
     return f"{v:.5f}" if metric == "recon_mse" else f"{100 * v:.1f}%"
+
+
+def _label(row) -> str:
+    """The trial's name, and what its runs changed against the registered trial, if anything."""
+    changed = row.get("changed") or {}
+    return row["trial"] + (f" ({', '.join(f'{k}={v}' for k, v in changed.items())})" if changed else "")
 
 
 def study_markdown(rows, title="The study's table at the study's length", preset="study") -> str:
@@ -175,7 +229,7 @@ def study_markdown(rows, title="The study's table at the study's length", preset
             length += f"; its autoencoder capped at {r['upstream_cap']} epochs"
         capped = r["cap"] or r.get("upstream_cap")
         where = f"{r['where']}; {r['wall_seconds'] / 60:.0f} min wall (pauses included), {r['cpu_seconds'] / 60:.0f} CPU-min"
-        lines.append(f"| {r['trial']} | {metric} | {ours} | {', '.join(map(str, r['seeds']))} | "
+        lines.append(f"| {_label(r)} | {metric} | {ours} | {', '.join(map(str, r['seeds']))} | "
                      f"{_value(r['study'], r['metric'])} | {diff} | {r['verdict']}{' (capped)' if capped else ''} | "
                      f"{_value(r['train_accuracy'], 'acc')}"
                      + (f" ({_value(r['study_train_accuracy'], 'acc')})" if r.get("study_train_accuracy") else "")
@@ -185,7 +239,7 @@ def study_markdown(rows, title="The study's table at the study's length", preset
         lines += ["", "Per-class test recall (mean over seeds; bird, deer and truck had half the training images):", "",
                   "| trial | " + " | ".join(CLASS_NAMES) + " |", "|---|" + "---|" * len(CLASS_NAMES)]
         for r in with_recall:
-            lines.append(f"| {r['trial']} | " + " | ".join(f"{100 * r['recall'][c]:.0f}%" for c in CLASS_NAMES) + " |")
+            lines.append(f"| {_label(r)} | " + " | ".join(f"{100 * r['recall'][c]:.0f}%" for c in CLASS_NAMES) + " |")
     return "\n".join(lines) + "\n"
 
 

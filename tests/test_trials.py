@@ -136,16 +136,31 @@ def test_tsne_figure_colours_every_class():
     assert len(fig.axes[0].collections) == 10
 
 
-def _study_run(root, trial, folder, epochs_setting, epochs, stopped_early, upstream=None):
+def _study_run(root, trial, folder, epochs_setting, epochs, stopped_early, upstream=None, seed=0, accuracy=0.5):
     run = root / trial / folder
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps({"settings": {"epochs": epochs_setting}, "upstream_run": upstream}))
-    (run / "metrics.json").write_text(json.dumps({"trial": trial, "preset": "study", "seed": 0, "epochs": epochs,
+    (run / "metrics.json").write_text(json.dumps({"trial": trial, "preset": "study", "seed": seed, "epochs": epochs,
                                                   "best_epoch": epochs, "stopped_early": stopped_early,
-                                                  "test_accuracy": 0.5, "recon_mse": 0.002}))
+                                                  "test_accuracy": accuracy, "recon_mse": 0.002}))
     with open(run / "history.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["epoch", "accuracy"], *[[i, 0.5] for i in range(epochs)]])
+        csv.writer(f).writerows([["epoch", "accuracy"], *[[i, 0.5 + i / 1000] for i in range(epochs)]])
     return run
+
+
+def test_the_study_table_never_averages_a_capped_run_with_an_uncapped_one(tmp_path):
+    from cifar_ae.report import study_markdown, study_rows, verdict
+    _study_run(tmp_path, "v2-joint-aug-adam", "study-s0-max40", 40, 40, False, seed=0, accuracy=0.88)
+    _study_run(tmp_path, "v2-joint-aug-adam", "study-s1-max40", 40, 40, False, seed=1, accuracy=0.86)
+    _study_run(tmp_path, "v2-joint-aug-adam", "study-s0", 100, 60, True, seed=0, accuracy=0.90)
+    rows = study_rows(tmp_path)
+    assert [(r["seeds"], r["cap"]) for r in rows] == [([0], None), ([0, 1], 40)]  # the study's length first
+    assert rows[0]["mean"] == 0.90 and rows[1]["mean"] == pytest.approx(0.87)
+    assert rows[1]["train_accuracy"] == pytest.approx(0.539)  # history's row for epoch 40, found by its epoch column
+    lines = [line for line in study_markdown(rows).splitlines() if line.startswith("| v2-joint-aug-adam |")]
+    assert "60 of 100 (early stop)" in lines[0] and "capped at 40 epochs: 40 of 40, 40 of 40" in lines[1]
+    assert verdict(0.88, 0.86, "test_accuracy") == "reproduced"  # exactly 2 points, despite floating point
+    assert verdict(0.8801, 0.86, "test_accuracy") == "better" and verdict(0.000875, 0.0007, "recon_mse") == "reproduced"
 
 
 def test_the_study_table_says_which_caps_bound(tmp_path):
