@@ -206,7 +206,8 @@ def study_markdown(rows, title="The study's table at the study's length", preset
              "benchmarks/study.py, which trains the runs) from the run folders' small files. `study` preset: up "
              "to 100 epochs, early stopping on the validation metric (patience 10), the best validation epoch kept; "
              "the full 10,000-image test set scored once at the end. A run capped below 100 epochs says so in "
-             "*length*; its verdict is for that length, not the study's. Verdict: reproduced = within 2 points of "
+             "*length*; its verdict is for that length, not the study's, and seeds are averaged only at one length (a "
+             "capped and an uncapped run of a trial are two rows). Verdict: reproduced = within 2 points of "
              "accuracy or 25% of the MSE.", "",
              "| trial | metric | ours (mean ± sd) | seeds | study | difference | verdict | train acc (study's) | kept epoch | "
              "length | where, time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
