@@ -7,7 +7,7 @@ controls (no reconstruction loss; the balanced set) at the same compute, and the
     CIFAR10_DIR=../shared/cifar10 python benchmarks/fast.py sweep --output results/sweep_v4 \
         --keep results/runs/sweep_v4 --commit
     CIFAR10_DIR=../shared/cifar10 python benchmarks/fast.py controls --output results/controls_v4 \
-        --keep results/runs/controls_v4 --commit
+        --keep results/runs/controls_v4 --commit                          # --base v4-joint-fast-b256: the lead's
     python benchmarks/fast.py figure --output results/accuracy_vs_pflops.png
     # the 3-seed time to accuracy: benchmarks/time_to_accuracy.py --trial v4-joint-fast --preset quick --seeds 0 1 2 \
     #     --output results/time_to_accuracy_v4.json --keep results/runs/time_to_accuracy --commit
@@ -47,11 +47,16 @@ ABLATIONS = {
     "narrow": ("widths 32/128/128 instead of 64/256/256", {"model_args": {"widths": (32, 128, 128)}}),
     "ema": ("an EMA of the weights (0.99), written in every epoch (off in the baseline)", {"ema_momentum": 0.99}),
 }
-# (trial, what differs, epochs): None = the preset's; "same-compute" = as many training images as the first row saw
-CONTROLS = [("v4-joint-fast", "as defined", None),
-            ("v4-joint-fast-norecon", "no reconstruction loss (weight 0)", None),
-            ("v4-joint-fast-balanced", "the balanced control set (2,500 per class), the same epochs", None),
-            ("v4-joint-fast-balanced", "the balanced control set, the same compute (more epochs)", "same-compute")]
+# Each control base has its two control trials registered in cifar_ae/trials.py: <base>-norecon and <base>-balanced
+CONTROL_BASES = ("v4-joint-fast", "v4-joint-fast-b256")
+
+
+def controls_of(base) -> list:
+    """(trial, what differs, epochs): None = the preset's; "same-compute" = as many training images as the base saw."""
+    return [(base, "as defined", None),
+            (f"{base}-norecon", "no reconstruction loss (weight 0)", None),
+            (f"{base}-balanced", "the balanced control set (2,500 per class), the same epochs", None),
+            (f"{base}-balanced", "the balanced control set, the same compute (more epochs)", "same-compute")]
 # the lead (batch 256) with one change a row, at the whole quick budget: what might carry it to 90% and MSE <= 0.001
 SWEEP_BASE, SWEEP_REFERENCE = "v4-joint-fast-b256", "lead"
 SWEEP = {
@@ -128,8 +133,8 @@ def same_compute_epochs(name, base, preset, seed) -> int:
 def controls(args, done):
     from cifar_ae.training import run_trial
     found = {}
-    for name, what, epochs in CONTROLS:
-        epochs = same_compute_epochs(name, CONTROLS[0][0], args.preset, args.seed) if epochs == "same-compute" else None
+    for name, what, epochs in controls_of(args.base):
+        epochs = same_compute_epochs(name, args.base, args.preset, args.seed) if epochs == "same-compute" else None
         variant = None if epochs is None else f"e{epochs}"
         if not args.table_only:
             done(run_trial(name, args.preset, args.seed, args.runs, epochs=epochs, variant=variant, verbose=2))
@@ -139,7 +144,7 @@ def controls(args, done):
             found[f"{name} ({what})"] = {**X.record(run), "trial": name, "what": what}
     if not found:
         sys.exit(f"no complete control runs under {root}; run without --table-only first.")
-    title = f"Controls: `{args.preset}`, seed {args.seed}"
+    title = f"Controls of {args.base}: `{args.preset}`, seed {args.seed}"
     note = ("The joint and no-reconstruction nets run the same epochs, so the same training PFLOPs (the decoder runs in "
             "both). The balanced set has 25,000 images (22,500 after the validation split) against 42,500, so it gets "
             "one row at the same epochs and one at the same compute.")
@@ -206,6 +211,8 @@ def main(argv=None):
     ap.add_argument("--rows", nargs="+", default=None, metavar="ROW", help="ablation / sweep: only these rows")
     ap.add_argument("--reference", default="results/runs/time_to_accuracy",
                     help="sweep: the runs root holding the lead's own run (its row of the table)")
+    ap.add_argument("--base", default=CONTROL_BASES[0], choices=CONTROL_BASES,
+                    help="controls: the trial whose controls run (<base>-norecon, <base>-balanced)")
     ap.add_argument("--noise-seeds", nargs="+", type=int, default=[], metavar="SEED",
                     help="ablation: also run the baseline at these seeds; the table states their spread")
     args = ap.parse_args(argv)

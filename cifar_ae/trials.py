@@ -343,6 +343,11 @@ TRIALS = {t.name: t for t in [
         "for what reconstructing costs or gives.", loss_weights={"reconstruction": 0.0, "label": 1.0}, recon_weight=None),
     _v4("v4-joint-fast-balanced", "v4-joint-fast on the balanced control set (2,500 per class): the control for "
         "what the imbalance costs.", train_set="balanced"),
+    _v4("v4-joint-fast-b256-norecon", "v4-joint-fast-b256 without the decoder's loss: the control for what "
+        "reconstructing costs or gives, at the lead's batch.", batch_size=256,
+        loss_weights={"reconstruction": 0.0, "label": 1.0}, recon_weight=None),
+    _v4("v4-joint-fast-b256-balanced", "v4-joint-fast-b256 on the balanced control set (2,500 per class): the "
+        "control for what the imbalance costs, at the lead's batch.", batch_size=256, train_set="balanced"),
     _v3_features("v3-feature-resnet-decoded", "v3-feature-resnet reading the frozen v3-cnn-ae code through the "
                  "frozen decoder (its reconstruction) instead of a learned render: only the classifier trains.",
                  feature_layer="reconstruction"),

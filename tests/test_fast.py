@@ -65,12 +65,26 @@ def test_v4_trials_run_on_smoke(name, tmp_path, cifar_dir):
     ("v4-joint-fast-b256", "v4-joint-fast", {"batch_size"}),
     ("v4-joint-fast-b256-recon40", "v4-joint-fast-b256", {"recon_weight"}),
     ("v4-joint-fast-norecon", "v4-joint-fast", {"loss_weights", "recon_weight"}),
-    ("v4-joint-fast-balanced", "v4-joint-fast", {"train_set"})])
+    ("v4-joint-fast-balanced", "v4-joint-fast", {"train_set"}),
+    ("v4-joint-fast-b256-norecon", "v4-joint-fast-norecon", {"batch_size"}),
+    ("v4-joint-fast-b256-balanced", "v4-joint-fast-balanced", {"batch_size"})])
 def test_each_v4_variant_changes_only_what_its_name_says(name, base, changed):
     import dataclasses
     a, b = TRIALS[name], TRIALS[base]
     differ = {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
     assert differ == changed | {"name", "description"}
+
+
+def test_every_control_base_has_its_control_trials():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import fast
+    for base in fast.CONTROL_BASES:
+        names = [name for name, _, _ in fast.controls_of(base)]
+        assert names[0] == base and all(name in TRIALS for name in names), names
+        assert TRIALS[f"{base}-norecon"].loss_weights["reconstruction"] == 0
+        assert TRIALS[f"{base}-balanced"].train_set == "balanced"
 
 
 def test_trick_fields_are_checked():
