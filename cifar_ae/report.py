@@ -146,7 +146,11 @@ def _study_row(root, name, group, runs, preset) -> dict:
     from .trials import TRIALS  # the study's numbers are the trial's (a fact about the study, not the run)
     study_ref = TRIALS[name].study if name in TRIALS else runs[0]["metrics"].get("study", {})
     study = study_ref.get(metric)
-    train_accs, kept, ran, caps, unreached, up_caps, seconds, cpu = [], [], [], set(), set(), set(), 0.0, 0.0
+    full = PRESETS[preset]["epochs"]
+    cap = group["epochs"] if group["epochs"] and group["epochs"] < full else None
+    up_cap = group["upstream_epochs"] if group["upstream_epochs"] and group["upstream_epochs"] < full else None
+    stopped = [bool(r["metrics"].get("stopped_early")) for r in runs]
+    train_accs, kept, ran, seconds, cpu = [], [], [], 0.0, 0.0
     for r in runs:
         h, m = _history(r["run"]), r["metrics"]
         best = m.get("best_epoch") or len(next(iter(h.values()), [])) or None
@@ -155,13 +159,6 @@ def _study_row(root, name, group, runs, preset) -> dict:
             train_accs.append(acc)
         kept.append(best)
         ran.append(m.get("epochs"))
-        epochs_setting = group["epochs"]
-        if epochs_setting and epochs_setting < PRESETS[preset]["epochs"]:
-            # a run that stopped early, before its cap, ran the study's length: the cap did not bind
-            (unreached if m.get("stopped_early") else caps).add(epochs_setting)
-        up_epochs = group["upstream_epochs"]  # on a capped encoder: capped too
-        if up_epochs and up_epochs < PRESETS[preset]["epochs"]:
-            up_caps.add(up_epochs)
         seconds += sum(h.get("epoch_seconds", []))
         cpu += sum(h.get("train_user_seconds", [])) + sum(h.get("train_sys_seconds", []))
     machines = []
@@ -180,9 +177,9 @@ def _study_row(root, name, group, runs, preset) -> dict:
             "mean": mean, "sd": sd, "study": study, "verdict": verdict(mean, study, metric),
             "train_accuracy": _mean_sd(train_accs)[0], "study_train_accuracy": study_ref.get("train_accuracy"),
             "kept_epochs": kept, "epochs_run": ran,
-            "stopped_early": [bool(r["metrics"].get("stopped_early")) for r in runs],
-            "cap": max(caps) if caps else None, "unreached_cap": max(unreached) if unreached else None,
-            "upstream_cap": max(up_caps) if up_caps else None,
+            # a run that stopped early, before its cap, ran the study's length: that cap did not bind
+            "stopped_early": stopped, "cap": cap if cap and not all(stopped) else None,
+            "unreached_cap": cap if cap and any(stopped) else None, "upstream_cap": up_cap,  # a capped encoder: capped
             "wall_seconds": round(seconds), "cpu_seconds": round(cpu),
             "where": ", ".join(machines), "recall": recalls, "runs": [r["run"] for r in runs],
             "train_key": "loss" if metric == "recon_mse" else None}
