@@ -375,7 +375,8 @@ def _write_config(run, trial, preset, seed, settings, data, key, key_digest, pre
                   compute):
     config = {"trial": trial.to_dict(), "preset": preset, "settings": settings, "seed": seed,
               "key": key, "key_digest": key_digest, "code_version": R.code_version(),
-              "precision": precision, "op_determinism": determinism, "machine": H.describe(),
+              "precision": precision, "precision_why": H.choose_precision(trial.precision)[1],
+              "op_determinism": determinism, "machine": H.describe(),
               "upstream_run": None if upstream_dir is None else str(upstream_dir), "command": command_line(),
               "cwd": os.getcwd(), "data_source": data["source"], "versions": versions(),
               "train_images": len(data["y_train"]), "val_images": len(data["y_val"]), "test_images": len(data["y_test"]),

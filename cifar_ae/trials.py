@@ -206,7 +206,7 @@ class Trial:
     tta_crops: bool = False            # also on the image shifted 1 px up-left and down-right (airbench's TTA)
     whitening: bool = False            # initialise the model's `whiten` conv from the training patches, frozen
     ema_momentum: float | None = None  # weights' EMA (Keras' use_ema), written into the model after every epoch
-    precision: str = "float32"         # "auto": bf16 where the hardware has it natively (cifar_ae.hardware)
+    precision: str = "float32"         # "auto": bf16 where native and measured faster (cifar_ae.hardware)
     strategy: str | None = None        # None | "mirrored": tf.distribute.MirroredStrategy over all devices
     presets: dict = field(default_factory=dict)  # per-preset overrides of PRESETS
     study: dict = field(default_factory=dict)    # the study's reported numbers, for reports

@@ -22,6 +22,49 @@ def test_precision_auto_follows_the_hardware(flags, gpus, expected):
     assert H.resolve_precision("float32", flags=flags, gpu_list=gpus) == "float32"  # explicit stays explicit
 
 
+@pytest.mark.parametrize("peaks, expected", [
+    ({"float32": 277.0, "bfloat16": 173.0}, "float32"),          # a Xeon whose bf16 kernels were slower
+    ({"float32": 214.4, "bfloat16": 386.7}, "mixed_bfloat16"),   # the Zen 4 EPYC: 1.8x
+    ({"float32": 200.0, "bfloat16": 220.0}, "float32"),          # 1.1x: lost to mixed precision's casts
+])
+def test_precision_auto_on_a_bf16_cpu_follows_the_measured_peaks(peaks, expected, monkeypatch):
+    monkeypatch.setattr(H, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    monkeypatch.setattr(H, "gpus", lambda: [])
+    assert H.resolve_precision("auto", peaks=peaks) == expected
+    assert "measured peaks" in H.choose_precision("auto", peaks=peaks)[1]
+    monkeypatch.setattr(H, "measured_peaks", lambda: peaks)  # this machine's, as run_trial asks
+    assert H.resolve_precision("auto") == expected
+    monkeypatch.setattr(H, "measured_peaks", lambda: None)  # nothing measurable: the flags decide
+    assert H.resolve_precision("auto") == "mixed_bfloat16"
+
+
+def test_measured_peaks_are_cached_per_machine_and_a_bad_cache_is_measured_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFAR_AE_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_kernels(repeats=7, dtypes=("float32", "bfloat16")):
+        calls.append(repeats)
+        return {"float32": {"peak_gflops": 100.0}, "bfloat16": {"peak_gflops": 300.0}}
+
+    monkeypatch.setattr(H, "measure_kernels", fake_kernels)
+    H.measured_peaks.cache_clear()
+    try:
+        assert H.measured_peaks() == {"float32": 100.0, "bfloat16": 300.0} and len(calls) == 1
+        cache, = tmp_path.glob("peak-gflops-*.json")
+        H.measured_peaks.cache_clear()
+        assert H.measured_peaks() == {"float32": 100.0, "bfloat16": 300.0} and len(calls) == 1  # read, not timed
+        record = json.loads(cache.read_text())
+        for bad in ("{not json", "[" * 100_000, json.dumps({**record, "peaks": {"float32": "fast", "bfloat16": 1}}),
+                    json.dumps({**record, "machine": {**record["machine"], "cpu_model": "another CPU"}})):
+            cache.write_text(bad)
+            H.measured_peaks.cache_clear()
+            assert H.measured_peaks() == {"float32": 100.0, "bfloat16": 300.0}
+        assert len(calls) == 5  # each damaged or foreign cache was measured again, and rewritten whole
+        assert json.loads(cache.read_text())["peaks"] == {"float32": 100.0, "bfloat16": 300.0}
+    finally:
+        H.measured_peaks.cache_clear()
+
+
 def test_auto_precision_is_recorded_with_the_cpu(tmp_path, cifar_dir, monkeypatch):
     from cifar_ae.training import run_trial
     monkeypatch.setattr(H, "cpu_flags", lambda: frozenset({"avx2", "fma"}))  # a CPU without bf16
@@ -29,6 +72,7 @@ def test_auto_precision_is_recorded_with_the_cpu(tmp_path, cifar_dir, monkeypatc
     config = json.loads((run / "config.json").read_text())
     assert config["trial"]["precision"] == "auto" and config["precision"] == "float32"
     assert config["key"]["trial"]["precision"] == "float32"  # the key holds what ran
+    assert config["precision_why"].startswith("no native bf16")
     assert config["machine"]["cpu_model"] and "usable_cores" in config["machine"]
     metrics = json.loads((run / "metrics.json").read_text())
     flops = config["train_flops_per_image"]
