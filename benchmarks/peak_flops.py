@@ -16,7 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def measure(repeats=7, dtypes=None) -> dict:
-    from cifar_ae import hardware as H
+    from cifar_ae import hardware as H, memory
+    memory.configure_threads()  # the pools training uses
     dtypes = dtypes or (["float32", "bfloat16"] if H.native_bf16() else ["float32"])
     kernels = H.measure_kernels(repeats, dtypes)
     return {"machine": H.describe(), "repeats": repeats, "kernels": kernels,

@@ -43,10 +43,17 @@ def keep(run, runs_root, dest_root) -> Path:
     return dest
 
 
-def commit(paths, message, repo=REPO) -> bool:
+def commit(paths, message, repo=None) -> bool:
     """Commit only these paths (other staged or unstaged work is left alone); retried if git is busy. A long loop
-    calls this as each run finishes, so a killed session keeps what it measured."""
-    rel = [str(Path(p).resolve().relative_to(repo)) for p in paths]
+    calls this as each run finishes, so a killed session keeps what it measured. The repository is the one that
+    holds the paths (not the one the package was imported from: an editable install may point elsewhere)."""
+    paths = [Path(p).resolve() for p in paths]
+    if repo is None:
+        top = subprocess.run(["git", "-C", str(paths[0].parent), "rev-parse", "--show-toplevel"],
+                             capture_output=True, text=True)
+        repo = Path(top.stdout.strip()) if top.returncode == 0 else REPO
+    repo = Path(repo).resolve()
+    rel = [str(p.relative_to(repo)) for p in paths]
     for attempt in range(5):
         add = subprocess.run(["git", "-C", str(repo), "add", "--", *rel], capture_output=True, text=True)
         unchanged = add.returncode == 0 and subprocess.run(

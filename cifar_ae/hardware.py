@@ -171,8 +171,8 @@ def measured_peaks() -> dict | None:
             return found
     except (OSError, ValueError, RecursionError):
         pass  # absent or damaged: measured again below
-    from cifar_ae import memory
-    memory.configure_threads()  # timed with the pools training will use (and before any op fixes them)
+    # Callers size TensorFlow's thread pools first (training.plan calls memory.configure_threads), so the
+    # kernels are timed with the pools training will use; importing memory here would be a cycle.
     try:
         kernels = measure_kernels(repeats=5)
     except Exception:  # noqa: BLE001 - a TensorFlow build without bf16 kernels: fall back to the flags

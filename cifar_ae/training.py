@@ -276,6 +276,7 @@ def plan_run(trial, preset="quick", seed=0, out_dir=None, epochs=None, variant=N
     check_epochs(settings["epochs"])
     R.folder_name(preset, seed, "", True, variant)  # a bad variant name fails here
     check_buildable(trial)
+    memory.configure_threads()  # before "auto" times its kernels, and before any op fixes the pools
     precision = H.resolve_precision(trial.precision)
     data = prepare_data(trial, settings, seed, source)
     upstream_trial, upstream = upstream, None
