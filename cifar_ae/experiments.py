@@ -16,7 +16,6 @@ from .data import CLASS_NAMES, STUDY_REDUCED_CLASSES
 from .runs import named_folder
 
 SMALL_FILES = ("config.json", "history.csv", "metrics.json")
-REPO = Path(__file__).resolve().parent.parent
 
 
 def run_row(base, row, changes, preset, seed, epochs, root, verbose=2) -> Path:
@@ -51,7 +50,10 @@ def commit(paths, message, repo=None) -> bool:
     if repo is None:
         top = subprocess.run(["git", "-C", str(paths[0].parent), "rev-parse", "--show-toplevel"],
                              capture_output=True, text=True)
-        repo = Path(top.stdout.strip()) if top.returncode == 0 else REPO
+        if top.returncode != 0:
+            print(f"could not commit {paths[0]}: it is not inside a git repository", flush=True)
+            return False
+        repo = top.stdout.strip()
     repo = Path(repo).resolve()
     rel = [str(p.relative_to(repo)) for p in paths]
     for attempt in range(5):
