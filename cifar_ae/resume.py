@@ -76,9 +76,10 @@ def load_arrays(path, sha256, fix) -> list:
         return [z[f"arr_{i}"] for i in range(len(z.files))]
 
 
-def training_variables(model) -> list:
-    """What a resumed run needs: the model's variables (incl. seed-generator states) and the optimizer's."""
-    return list(model.variables) + list(model.optimizer.variables)
+def training_variables(model, extra=()) -> list:
+    """What a resumed run needs: the model's variables (incl. seed-generator states), the optimizer's, and
+    `extra`: callbacks' own variables (tricks.Lookahead's slow copy)."""
+    return list(model.variables) + list(model.optimizer.variables) + list(extra)
 
 
 def assign(variables, arrays, path, fix):
@@ -131,10 +132,10 @@ class RunState(keras.callbacks.Callback):
     Put it last in the callback list: it must see the logs and counters the other callbacks have updated.
     """
 
-    def __init__(self, run, monitor, mode, stateful=(), datasets=()):
+    def __init__(self, run, monitor, mode, stateful=(), datasets=(), variables=()):
         super().__init__()
         self.run, self.monitor, self.mode = Path(run), monitor, mode
-        self.stateful, self.datasets = list(stateful), list(datasets)
+        self.stateful, self.datasets, self.extra = list(stateful), list(datasets), list(variables)
         (self.run / "checkpoints").mkdir(parents=True, exist_ok=True)
         self.fix = f"delete {self.run / 'checkpoints'} and {self.run / STATE_FILE} to retrain this run from its start."
         self.state = read_state(self.run) or {"epochs_done": 0, "history": [], "best": None, "checkpoint": None,
@@ -168,7 +169,7 @@ class RunState(keras.callbacks.Callback):
         ckpt = self.state.get("checkpoint")
         if ckpt is not None and getattr(self, "_restored", None) != ckpt["file"]:
             arrays = load_arrays(self.run / "checkpoints" / ckpt["file"], ckpt["sha256"], self.fix)
-            assign(training_variables(self.model), arrays, ckpt["file"], self.fix)
+            assign(training_variables(self.model, self.extra), arrays, ckpt["file"], self.fix)
             self._restored = ckpt["file"]
         for cb in self.stateful:  # after their own on_train_begin reset them
             for attr, value in self.state["callbacks"].get(type(cb).__name__, {}).items():
@@ -201,7 +202,7 @@ class RunState(keras.callbacks.Callback):
                     "sha256": save_arrays(ckpt_dir / name, [v.numpy() for v in self.model.variables])}
         name = f"epoch-{epoch + 1}.npz"
         ckpt = {"file": name, "epoch": epoch + 1,
-                "sha256": save_arrays(ckpt_dir / name, [v.numpy() for v in training_variables(self.model)])}
+                "sha256": save_arrays(ckpt_dir / name, [v.numpy() for v in training_variables(self.model, self.extra)])}
         state.update(epochs_done=epoch + 1, history=[*state["history"], row], best=best, checkpoint=ckpt,
                      stopped=bool(self.model.stop_training),
                      callbacks={type(cb).__name__: {a: _jsonable(getattr(cb, a)) for a in STATEFUL_ATTRS.get(

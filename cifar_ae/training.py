@@ -396,13 +396,17 @@ def distribution_scope(strategy):
     return tf.distribute.MirroredStrategy().scope()
 
 
-def trick_callbacks(trial, model, settings):
+def trick_callbacks(trial, model, settings, train_images):
     """The trial's schedules and the preset's early stopping; ReduceLROnPlateau only when no LR schedule is set."""
     monitor, mode = monitor_for(trial.task)
     epochs = settings["epochs"]
     cbs = [LR_SCHEDULES[trial.lr_schedule](trial, settings, monitor, mode)]
     if trial.recon_weight and trial.task == "joint":
         cbs.append(T.ReconWeightSchedule(model.loss["reconstruction"], *trial.recon_weight, epochs))
+    if trial.lookahead is not None:
+        steps = sum((end - first) * -(-train_images // bs)
+                    for first, end, bs in T.batch_stages(trial.batch_sizes or (trial.batch_size,), epochs))
+        cbs.append(T.Lookahead(model, trial.lookahead, steps))
     if settings.get("early_stopping"):  # best weights come back from the run's best checkpoint, not from memory
         cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=int(settings["early_stopping"])))
     return cbs
@@ -444,11 +448,12 @@ def _train_and_record(trial, preset, seed, settings, run, data, model, callbacks
 def _train(trial, settings, run, data, model, callbacks, verbose, seed):
     monitor, mode = monitor_for(trial.task)
     val = _batches(trial, data, settings, seed, False)
-    tricks = trick_callbacks(trial, model, settings)
+    tricks = trick_callbacks(trial, model, settings, len(data["y_train"]))
     stateful = [cb for cb in tricks if type(cb).__name__ in S.STATEFUL_ATTRS]
+    extra = [v for cb in tricks for v in getattr(cb, "variables", ())]  # a callback's own state (Lookahead's)
     for first, end, batch_size in T.batch_stages(trial.batch_sizes or (trial.batch_size,), settings["epochs"]):
         train = _batches(trial, data, settings, seed, train=True, batch_size=batch_size)
-        state = S.RunState(run, monitor, mode, stateful=stateful, datasets=[train])
+        state = S.RunState(run, monitor, mode, stateful=stateful, datasets=[train], variables=extra)
         if state.stopped or state.epochs_done >= end:
             continue
         if not model.optimizer.built:  # restoring needs the optimizer's variables to exist

@@ -22,6 +22,8 @@ TRICKS = (  # (Trial field, what it does, its off value)
     ("whitening", "a frozen 2x2 patch-whitening first conv, from the training images' patch eigenvectors", False),
     ("momentum", "SGD's Nesterov momentum (airbench: 0.85)", None),
     ("ema_momentum", "an EMA of the weights, written into the model every epoch (lookahead-like)", None),
+    ("lookahead", "airbench94's lookahead: every 5 steps the weights and BatchNorm statistics move to a slow copy "
+     "pulled toward them by 1 - d, d = lookahead x (step / total)^3; the run ends on the slow copy", None),
     ("precision", "'auto': bf16 compute, float32 variables, only where bf16 is native (cifar_ae.hardware)", "float32"),
 )
 MODEL_ARG_TRICKS = (  # the builder's own tricks, set through Trial.model_args: (key, what it does, its off value)
@@ -105,6 +107,37 @@ class OneCycleLR(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         steps = self.params.get("steps") or 1
         self.model.optimizer.learning_rate.assign(self.lr_at((self.epoch + batch / steps) / self.epochs))
+
+
+LOOKAHEAD_EVERY = 5  # airbench94's: steps between pulls
+
+
+class Lookahead(keras.callbacks.Callback):
+    """airbench94's lookahead. Every `every` optimizer steps, each float model variable (weights and BatchNorm
+    moving statistics alike, so the statistics match the weights) is pulled: slow += (1 - d) (fast - slow), then
+    fast = slow. d = decay * (step / total_steps)^3 is ~0 early (no averaging while the LR is high) and `decay` at
+    the end (airbench: 0.95^5); the last step ends on the slow copy. The slow copy is `variables`: the run's
+    checkpoints carry it (cifar_ae.resume), so a resumed run pulls toward the same weights."""
+
+    def __init__(self, model, decay: float, total_steps: int, every: int = LOOKAHEAD_EVERY):
+        super().__init__()
+        self.decay, self.total_steps, self.every = float(decay), int(total_steps), int(every)
+        self.fast = [v for v in model.variables if "float" in str(v.dtype)]
+        self.variables = [keras.Variable(v.numpy(), dtype=v.dtype, trainable=False, name=f"lookahead_{i}")
+                          for i, v in enumerate(self.fast)]
+
+    def decay_at(self, step: int) -> float:
+        return self.decay * min(1.0, step / self.total_steps) ** 3
+
+    def pull(self, decay: float):
+        for fast, slow in zip(self.fast, self.variables):
+            slow.assign(slow + (1.0 - decay) * (fast - slow))
+            fast.assign(slow)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step % self.every == 0 or step == self.total_steps:
+            self.pull(self.decay_at(step))
 
 
 def batch_stages(batch_sizes, epochs):

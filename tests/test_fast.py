@@ -66,6 +66,7 @@ def test_v4_trials_run_on_smoke(name, tmp_path, cifar_dir):
     ("v4-joint-fast-b256-recon40", "v4-joint-fast-b256", {"recon_weight"}),
     ("v4-joint-fast-b256-recon40-narrow", "v4-joint-fast-b256-recon40", {"model_args", "presets"}),
     ("v4-joint-fast-b256-recon20-narrow", "v4-joint-fast-b256-recon40-narrow", {"recon_weight"}),
+    ("v4-joint-fast-b256-recon40-narrow-lookahead", "v4-joint-fast-b256-recon40-narrow", {"lookahead"}),
     ("v4-joint-fast-b256-recon40-mid", "v4-joint-fast-b256-recon40", {"model_args", "presets"}),
     ("v4-joint-fast-norecon", "v4-joint-fast", {"loss_weights", "recon_weight"}),
     ("v4-joint-fast-balanced", "v4-joint-fast", {"train_set"}),

@@ -1,4 +1,5 @@
 """The tricks beyond the study: schedules, smoothing, growing batches, TTA, MirroredStrategy."""
+import csv
 import json
 import subprocess
 import sys
@@ -121,3 +122,41 @@ def test_mirrored_strategy_trains_on_two_logical_cpus(tmp_path, cifar_dir):
     assert result["replicas"] == 2
     m = json.loads(open(result["metrics"]).read())
     assert 0 <= m["test_accuracy"] <= 1 and np.isfinite(m["recon_mse"])
+
+
+def test_lookahead_pulls_weights_and_batchnorm_statistics_toward_its_slow_copy():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(),
+                              keras.layers.Dropout(0.5, seed=1)])
+    look = T.Lookahead(model, decay=0.8, total_steps=100)
+    assert len(look.variables) == 6  # kernel, bias, gamma, beta, moving mean, moving variance; no seed state
+    assert look.decay_at(0) == 0 and look.decay_at(50) == pytest.approx(0.1) and look.decay_at(100) == 0.8
+    slow = [v.numpy().copy() for v in look.fast]
+    for v in look.fast:
+        v.assign(v + 1.0)  # the fast weights move by 1 ...
+    look.pull(0.75)  # ... and the slow copy a quarter of the way toward them; the fast ones land on it
+    for v, s, f in zip(look.fast, look.variables, slow):
+        np.testing.assert_allclose(s.numpy(), f + 0.25, rtol=1e-6)
+        np.testing.assert_allclose(v.numpy(), f + 0.25, rtol=1e-6)
+    look.pull(0.0)  # d = 0 (early in a run): no averaging
+    np.testing.assert_allclose(look.fast[0].numpy(), slow[0] + 0.25, rtol=1e-6)
+
+
+def test_a_lookahead_run_interrupted_after_epoch_1_resumes_to_the_uninterrupted_numbers(tmp_path, cifar_dir):
+    # the slow copy is part of the checkpoint: a resumed run rebuilt from scratch would pull toward its fresh weights
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt("interrupted")
+
+    kw = dict(epochs=3, verbose=0, lookahead=0.95, batch_size=32)  # 8 steps an epoch: pulls at 5, 10, .., 24
+    whole = run_trial("v4-joint-fast-b256-recon40-narrow", "smoke", 0, out_dir=tmp_path / "whole", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        run_trial("v4-joint-fast-b256-recon40-narrow", "smoke", 0, out_dir=tmp_path / "cut", callbacks=[Interrupt()],
+                  **kw)
+    cut = run_trial("v4-joint-fast-b256-recon40-narrow", "smoke", 0, out_dir=tmp_path / "cut", **kw)
+    rows = [list(csv.DictReader(open(r / "history.csv"))) for r in (whole, cut)]
+    for key in ("loss", "val_loss", "val_reconstruction_mse"):  # epochs 2 and 3 pull toward the restored copy
+        assert [float(r[key]) for r in rows[1]] == pytest.approx([float(r[key]) for r in rows[0]], rel=1e-5), key
+    a, b = (json.loads((r / "metrics.json").read_text()) for r in (whole, cut))
+    assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=1e-9)
+    assert a["recon_mse"] == pytest.approx(b["recon_mse"], rel=1e-5) and a["best_epoch"] == b["best_epoch"]
