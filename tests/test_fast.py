@@ -160,3 +160,38 @@ def test_the_trick_table_shows_the_builders_own_tricks_at_their_resolved_values(
     assert rows["model_args.dirac"][2:] == ["True", "False", "on"] and rows["model_args.bn_momentum"][2] == "0.6"
     assert rows["model_args.head_std"][4] == "off"  # a builder default, not written in the trial
     assert tricks_table(TRIALS["v3-joint-resnet-patch"]).rows[-1][2] == "0.9"  # resnet_joint's own default
+
+
+def test_the_leaderboard_rereads_each_result_from_its_kept_run_folders(tmp_path, monkeypatch):
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "benchmarks"))
+    import fast
+    monkeypatch.chdir(root)  # the JSONs name their kept folders relative to the repo
+    fast.main(["leaderboard", "--output", str(tmp_path / "board")])
+    text = (tmp_path / "board.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| v4-joint-fast-b256-recon40-narrow-lookahead |"))
+    assert "| 0, 1, 2 | 0.144 |" in row and "| 89.89% ± 0.16 |" in row and "0.11 pt short" in row
+    # a result whose run folders are gone is refused, not tabled from the JSON's own numbers
+    result = json.loads((root / "results/time_to_accuracy_v4.json").read_text())
+    result["per_seed"][1]["kept_folder"] = str(tmp_path / "gone")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results/time_to_accuracy_v4.json").write_text(json.dumps(result))
+    with pytest.raises(SystemExit, match="gone are missing; restore them"):
+        fast.main(["leaderboard", "--results", str(tmp_path / "results"), "--output", str(tmp_path / "none")])
+    assert not (tmp_path / "none.md").exists()
+
+
+@pytest.mark.parametrize("pflops, test, mse, seeds, verdict", [
+    (0.144, 0.9012, 0.0005, [0, 1, 2], "90% within 0.15 PFLOP: **met**"),
+    (0.144, 0.9012, 0.0005, [0, 1], "90% within 0.15 PFLOP: 2 of 3 seeds"),
+    (0.144, 0.8989, 0.0012, [0, 1, 2], "90% within 0.15 PFLOP: 0.11 pt short, MSE over 0.001"),
+    (0.155, 0.9132, 0.0007, [0, 1, 2], "93% within 0.36 PFLOP: 1.68 pt short"),
+    (0.400, 0.9400, 0.0007, [0, 1, 2], "over every goal's budget (0.36 PFLOP)")])
+def test_goal_verdicts_name_what_is_short(pflops, test, mse, seeds, verdict):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import fast
+    assert fast.goal_verdict({"train_pflops": pflops, "test_accuracy": test, "recon_mse": mse, "seeds": seeds}) == verdict
