@@ -82,7 +82,8 @@ def summarize(per_seed) -> dict:
         for what, field in (("pflops", "pflops"), ("epochs", "epoch"), ("images_seen", "images_seen"),
                             ("train_seconds", "train_seconds")):
             out[f"{what}_to_{key}"] = None if any(h is None for h in hits) else mean_sd([h[field] for h in hits])[0]
-    for key in ("final_test_accuracy", "final_test_accuracy_without_tta", "recon_mse", "train_pflops"):
+    for key in ("final_test_accuracy", "final_test_accuracy_without_tta", "final_test_accuracy_without_logit_adjustment",
+                "val_balanced_accuracy", "val_balanced_accuracy_without_logit_adjustment", "recon_mse", "train_pflops"):
         out[f"{key}_mean"], out[f"{key}_sd"] = mean_sd([s[key] for s in per_seed])
     return out
 
@@ -169,6 +170,10 @@ def main(argv=None):
             "kept_folder": None if kept_folder is None else str(kept_folder), "reused": reused is not None,
             "epochs": m["epochs"], "best_epoch": m.get("best_epoch"),
             "final_test_accuracy": m["test_accuracy"], "final_test_accuracy_without_tta": m.get("test_accuracy_without_tta"),
+            # a logit-adjusted trial (cifar_ae.tricks.adjust_for_prior) also scores itself without the adjustment
+            "final_test_accuracy_without_logit_adjustment": m.get("test_accuracy_without_logit_adjustment"),
+            "val_balanced_accuracy": m.get("val_balanced_accuracy"),
+            "val_balanced_accuracy_without_logit_adjustment": m.get("val_balanced_accuracy_without_logit_adjustment"),
             "recon_mse": m.get("recon_mse"), "train_pflops": m.get("train_pflops"), "curve": points,
             "thresholds": {f"{int(round(t * 100))}": reached(points, t) for t in THRESHOLDS},
             "images_per_second": None if ips is None else round(ips, 1), "precision": precision,

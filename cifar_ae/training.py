@@ -485,6 +485,14 @@ def evaluate_model(model, trial, data, run, settings, seed) -> dict:
         outputs = T.predict_tta(model, x_in, flip=trial.tta_flip, crops=trial.tta_crops)
         metrics = E.evaluate_outputs(trial.task, x_unit, data["y_test"], outputs, names)
         metrics["test_accuracy_without_tta"] = plain
+    if trial.logit_adjustment and trial.task != "autoencoder":  # after TTA: the averaged probabilities are adjusted
+        unadjusted = metrics
+        probs = T.adjust_for_prior(E.split_outputs(outputs, trial.task)[1], data["y_train"], trial.logit_adjustment)
+        outputs = {**outputs, "label": probs} if isinstance(outputs, dict) else probs
+        metrics = E.evaluate_outputs(trial.task, x_unit, data["y_test"], outputs, names)
+        metrics.update({k: v for k, v in unadjusted.items() if k == "test_accuracy_without_tta"},
+                       test_accuracy_without_logit_adjustment=unadjusted["test_accuracy"],
+                       **_val_balanced(model, trial, data))
     metrics["test_images"] = len(data["y_test"])
     metrics["inference_images_per_second"] = round(len(x_in) / max(infer_s, 1e-9), 1)
     figs = run / "figures"
@@ -501,6 +509,23 @@ def evaluate_model(model, trial, data, run, settings, seed) -> dict:
         feats = M.encoder_of(model, "features").predict(x_in[idx], batch_size=256, verbose=0)
         P.save(P.tsne(feats, data["y_test"][idx], names, seed), figs / "tsne.png")
     return metrics
+
+
+def _val_balanced(model, trial, data) -> dict:
+    """The validation evidence for the adjustment: balanced accuracy (mean recall, the balanced test set's
+    accuracy) on the held-out split, with and without it, under the same test-time augmentation."""
+    from sklearn.metrics import balanced_accuracy_score
+    x_unit = data["x_val"].astype(np.float32) / 255.0
+    x_in = x_unit if data.get("scaling") is None else (x_unit - data["scaling"][0]) / data["scaling"][1]
+    if trial.tta_flip or trial.tta_crops:
+        out = T.predict_tta(model, x_in, flip=trial.tta_flip, crops=trial.tta_crops)
+    else:
+        out = model.predict(x_in, batch_size=256, verbose=0)
+    probs = out["label"] if isinstance(out, dict) else out
+    adjusted = T.adjust_for_prior(probs, data["y_train"], trial.logit_adjustment)
+    return {"val_balanced_accuracy": round(float(balanced_accuracy_score(data["y_val"], adjusted.argmax(-1))), 4),
+            "val_balanced_accuracy_without_logit_adjustment":
+                round(float(balanced_accuracy_score(data["y_val"], probs.argmax(-1))), 4)}
 
 
 def _has_layer(model, name):

@@ -19,6 +19,8 @@ TRICKS = (  # (Trial field, what it does, its off value)
     ("batch_sizes", "(b1, b2, ..): the batch size grows, one size per equal stage of the epochs", None),
     ("tta_flip", "test predictions average the image and its mirror", False),
     ("tta_crops", "... and the image shifted 1 px up-left and down-right (airbench's multi-crop TTA)", False),
+    ("logit_adjustment", "tau: test predictions divided by the training class prior ** tau (post-hoc logit "
+     "adjustment, Menon et al. 2021): the imbalanced training set's prior taken out for the balanced test set", 0.0),
     ("whitening", "a frozen 2x2 patch-whitening first conv, from the training images' patch eigenvectors", False),
     ("momentum", "SGD's Nesterov momentum (airbench: 0.85)", None),
     ("ema_momentum", "an EMA of the weights, written into the model every epoch (lookahead-like)", None),
@@ -152,6 +154,19 @@ def shift(x, dy, dx):
     padded = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
     h, w = x.shape[1:3]
     return padded[:, p - dy:p - dy + h, p - dx:p - dx + w]
+
+
+def adjust_for_prior(probs, train_labels, tau, num_classes=None):
+    """Post-hoc logit adjustment (Menon et al. 2021, arXiv 2007.07314): softmax(logits - tau * log prior), computed
+    on probabilities as probs / prior ** tau, renormalised. A net trained on an imbalanced set predicts its prior;
+    tau = 1 is the Bayes-optimal correction for a balanced test set (CIFAR-10's). No training compute."""
+    probs = np.asarray(probs, dtype=np.float64)
+    counts = np.bincount(np.asarray(train_labels).ravel(), minlength=num_classes or probs.shape[-1])
+    if counts.shape[0] != probs.shape[-1] or (counts == 0).any():
+        raise ValueError(f"logit adjustment needs every one of the {probs.shape[-1]} classes in the training labels; "
+                         f"got counts {counts.tolist()} (set logit_adjustment=0 for a subset of classes).")
+    adjusted = probs / (counts / counts.sum()) ** tau
+    return (adjusted / adjusted.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def predict_tta(model, x, batch_size=256, flip=True, crops=False):

@@ -50,6 +50,33 @@ def test_crop_tta_averages_shifted_views():
     assert not np.allclose(plain["label"], both["label"]) and np.array_equal(plain["reconstruction"], both["reconstruction"])
 
 
+def test_logit_adjustment_divides_out_the_training_prior():
+    y_train = np.array([0] * 30 + [1] * 10)  # prior 0.75 / 0.25
+    probs = np.array([[0.6, 0.4], [0.8, 0.2]])
+    adjusted = T.adjust_for_prior(probs, y_train, 1.0)
+    assert np.allclose(adjusted, [[1 / 3, 2 / 3], [4 / 7, 3 / 7]], atol=1e-6)  # 0.6/0.75 : 0.4/0.25, renormalised
+    assert np.allclose(T.adjust_for_prior(probs, y_train, 0.0), probs)
+    with pytest.raises(ValueError, match=r"every one of the 3 classes .* got counts \[30, 10, 0\]"):
+        T.adjust_for_prior(np.full((1, 3), 1 / 3), y_train, 1.0)
+    with pytest.raises(TrialError, match="logit_adjustment needs a label output trained on all 10 classes"):
+        TRIALS["v4-joint-fast"].replace(logit_adjustment=1.0, train_classes=("cat",))
+    with pytest.raises(TrialError, match=r"logit_adjustment must be a number in \[0, 10\]; got -1"):
+        TRIALS["v4-joint-fast"].replace(logit_adjustment=-1)
+
+
+def test_a_logit_adjusted_run_keeps_the_unadjusted_numbers_beside_its_own(tmp_path, cifar_dir):
+    run = run_trial("v4-joint-fast", "smoke", 0, out_dir=tmp_path, verbose=0, logit_adjustment=1.0)
+    m = json.loads((run / "metrics.json").read_text())
+    for k in ("test_accuracy", "test_accuracy_without_tta", "test_accuracy_without_logit_adjustment",
+              "val_balanced_accuracy", "val_balanced_accuracy_without_logit_adjustment"):
+        assert 0 <= m[k] <= 1, k
+    assert "recon_mse" in m
+    config = json.loads((run / "config.json").read_text())
+    assert config["key"]["trial"]["logit_adjustment"] == 1.0  # its own run, not the unadjusted one's
+    plain = run_trial("v4-joint-fast", "smoke", 0, out_dir=tmp_path, verbose=0)
+    assert plain != run and "logit_adjustment" not in json.loads((plain / "config.json").read_text())["key"]["trial"]
+
+
 @pytest.mark.parametrize("name", ["v4-joint-fast", "v4-joint-fast-norecon", "v4-joint-fast-balanced"])
 def test_v4_trials_run_on_smoke(name, tmp_path, cifar_dir):
     run = run_trial(name, "smoke", 0, out_dir=tmp_path, verbose=0)
@@ -71,6 +98,8 @@ def test_v4_trials_run_on_smoke(name, tmp_path, cifar_dir):
      {"learning_rate"}),
     ("v4-joint-fast-b256-recon40-narrow-lookahead-lr0.375", "v4-joint-fast-b256-recon40-narrow-lookahead",
      {"learning_rate"}),
+    ("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj", "v4-joint-fast-b256-recon40-narrow-lookahead",
+     {"logit_adjustment"}),
     ("v4-joint-fast-b256-recon40-mid", "v4-joint-fast-b256-recon40", {"model_args", "presets"}),
     ("v4-joint-fast-norecon", "v4-joint-fast", {"loss_weights", "recon_weight"}),
     ("v4-joint-fast-balanced", "v4-joint-fast", {"train_set"}),
