@@ -84,7 +84,7 @@ def summarize(per_seed) -> dict:
             out[f"{what}_to_{key}"] = None if any(h is None for h in hits) else mean_sd([h[field] for h in hits])[0]
     for key in ("final_test_accuracy", "final_test_accuracy_without_tta", "final_test_accuracy_without_logit_adjustment",
                 "val_balanced_accuracy", "val_balanced_accuracy_without_logit_adjustment", "recon_mse", "train_pflops"):
-        out[f"{key}_mean"], out[f"{key}_sd"] = mean_sd([s[key] for s in per_seed])
+        out[f"{key}_mean"], out[f"{key}_sd"] = mean_sd([s.get(key) for s in per_seed])
     return out
 
 
