@@ -106,7 +106,10 @@ def record(run) -> dict:
             "train_gflops_per_image": None if config.get("train_flops_per_image") is None
             else config["train_flops_per_image"] / 1e9,
             "images_per_second": round(statistics.median(speed), 1) if speed else None,
-            "precision": config.get("precision")}
+            "precision": config.get("precision"),
+            # a logit-adjusted run's validation evidence (eval-only, so the per-epoch val curve cannot show it)
+            "val_balanced_accuracy": m.get("val_balanced_accuracy"),
+            "val_balanced_accuracy_without_logit_adjustment": m.get("val_balanced_accuracy_without_logit_adjustment")}
 
 
 def summarize(records) -> dict:
@@ -119,7 +122,8 @@ def summarize(records) -> dict:
         return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
     out = {"seeds": [r["seed"] for r in records], "runs": [r["run"] for r in records],
            "test_accuracy_by_seed": {r["seed"]: r["test_accuracy"] for r in records}}
-    for key in ("test_accuracy", "val_accuracy", "recon_mse", "train_pflops", "images_per_second"):
+    for key in ("test_accuracy", "val_accuracy", "recon_mse", "train_pflops", "images_per_second",
+                "val_balanced_accuracy", "val_balanced_accuracy_without_logit_adjustment"):
         out[key], out[f"{key}_sd"] = mean_sd(key)
     for key in ("params", "train_gflops_per_image", "epochs", "precision"):
         out[key] = records[0].get(key)
