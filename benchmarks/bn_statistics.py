@@ -29,6 +29,9 @@ def main(argv=None):
     from cifar_ae import models as M, training as TR
     config = json.loads((args.run / "config.json").read_text())
     trial = TR.trial_from_config(config)
+    if trial.scaling != "unit" or trial.task != "joint":
+        raise SystemExit(f"error: {args.run} is a {trial.task} run with scaling={trial.scaling!r}; this diagnostic "
+                         "reads joint models on unit-scaled images (the v4 trials).")
     data = TR.prepare_data(trial, config["settings"], config["seed"])
     x_val, y_val = data["x_val"].astype(np.float32) / 255, data["y_val"]
     pick = np.random.default_rng(0).choice(len(data["y_train"]), 1024, replace=False)

@@ -473,8 +473,7 @@ def _train(trial, settings, run, data, model, callbacks, verbose, seed):
 
 def evaluate_model(model, trial, data, run, settings, seed) -> dict:
     """Metrics on the test set and the run's figures; returns the metrics dict."""
-    x_unit = data["x_test"].astype(np.float32) / 255.0
-    x_in = x_unit if data.get("scaling") is None else (x_unit - data["scaling"][0]) / data["scaling"][1]
+    x_unit, x_in = _model_input(data["x_test"], data)
     t0 = time.perf_counter()
     outputs = model.predict(x_in, batch_size=256, verbose=0)
     infer_s = time.perf_counter() - t0
@@ -490,8 +489,9 @@ def evaluate_model(model, trial, data, run, settings, seed) -> dict:
         probs = T.adjust_for_prior(E.split_outputs(outputs, trial.task)[1], data["y_train"], trial.logit_adjustment)
         outputs = {**outputs, "label": probs} if isinstance(outputs, dict) else probs
         metrics = E.evaluate_outputs(trial.task, x_unit, data["y_test"], outputs, names)
-        metrics.update({k: v for k, v in unadjusted.items() if k == "test_accuracy_without_tta"},
-                       test_accuracy_without_logit_adjustment=unadjusted["test_accuracy"],
+        if "test_accuracy_without_tta" in unadjusted:
+            metrics["test_accuracy_without_tta"] = unadjusted["test_accuracy_without_tta"]
+        metrics.update(test_accuracy_without_logit_adjustment=unadjusted["test_accuracy"],
                        **_val_balanced(model, trial, data))
     metrics["test_images"] = len(data["y_test"])
     metrics["inference_images_per_second"] = round(len(x_in) / max(infer_s, 1e-9), 1)
@@ -511,12 +511,17 @@ def evaluate_model(model, trial, data, run, settings, seed) -> dict:
     return metrics
 
 
+def _model_input(x_uint8, data):
+    """(images in [0, 1], the model's input: those scaled as the run's training data was)."""
+    x_unit = x_uint8.astype(np.float32) / 255.0
+    return x_unit, (x_unit if data.get("scaling") is None else (x_unit - data["scaling"][0]) / data["scaling"][1])
+
+
 def _val_balanced(model, trial, data) -> dict:
     """The validation evidence for the adjustment: balanced accuracy (mean recall, the balanced test set's
     accuracy) on the held-out split, with and without it, under the same test-time augmentation."""
     from sklearn.metrics import balanced_accuracy_score
-    x_unit = data["x_val"].astype(np.float32) / 255.0
-    x_in = x_unit if data.get("scaling") is None else (x_unit - data["scaling"][0]) / data["scaling"][1]
+    _, x_in = _model_input(data["x_val"], data)
     if trial.tta_flip or trial.tta_crops:
         out = T.predict_tta(model, x_in, flip=trial.tta_flip, crops=trial.tta_crops)
     else:

@@ -156,12 +156,12 @@ def shift(x, dy, dx):
     return padded[:, p - dy:p - dy + h, p - dx:p - dx + w]
 
 
-def adjust_for_prior(probs, train_labels, tau, num_classes=None):
+def adjust_for_prior(probs, train_labels, tau):
     """Post-hoc logit adjustment (Menon et al. 2021, arXiv 2007.07314): softmax(logits - tau * log prior), computed
     on probabilities as probs / prior ** tau, renormalised. A net trained on an imbalanced set predicts its prior;
     tau = 1 is the Bayes-optimal correction for a balanced test set (CIFAR-10's). No training compute."""
     probs = np.asarray(probs, dtype=np.float64)
-    counts = np.bincount(np.asarray(train_labels).ravel(), minlength=num_classes or probs.shape[-1])
+    counts = np.bincount(np.asarray(train_labels).ravel(), minlength=probs.shape[-1])
     if counts.shape[0] != probs.shape[-1] or (counts == 0).any():
         raise ValueError(f"logit adjustment needs every one of the {probs.shape[-1]} classes in the training labels; "
                          f"got counts {counts.tolist()} (set logit_adjustment=0 for a subset of classes).")
