@@ -169,6 +169,21 @@ def test_the_v4_sweep_is_tabled_against_the_leads_own_run(tmp_path, cifar_dir):
         fast.main(["sweep", "--rows", "no-such-row"])  # refused before anything runs
 
 
+def test_the_narrow_sweep_keeps_the_leads_other_model_args_and_tables_its_adjusted_validation(tmp_path, cifar_dir):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import fast
+    run_trial(fast.NARROW_LEAD, "smoke", 0, tmp_path / "reference", verbose=0)
+    fast.main(["sweep", "--base", fast.NARROW_LEAD, "--preset", "smoke", "--runs", str(tmp_path / "runs"),
+               "--reference", str(tmp_path / "reference"), "--rows", "bias-lr-16", "--output", str(tmp_path / "sweep")])
+    header, _, lead, row = (tmp_path / "sweep.md").read_text().split("\n")[4:8]
+    assert "val balanced acc, logit-adjusted" in header and lead.startswith("| lead |") and row.startswith("| bias-lr-16 |")
+    assert all(cell.strip() for cell in row.split("|")[1:7]), row  # every row has its balanced validation number
+    model_args = json.loads(next((tmp_path / "runs").rglob("config.json")).read_text())["trial"]["model_args"]
+    assert model_args["bias_lr_scale"] == 16.0 and tuple(model_args["widths"]) == (32, 128, 128)
+
+
 def test_airbench_convs_start_as_identities():
     w = np.asarray(M.PartialDirac(seed=0)((3, 3, 24, 64)))
     assert np.array_equal(w[..., :24], np.pad(np.eye(24)[None, None], [[1, 1], [1, 1], [0, 0], [0, 0]]))
