@@ -85,7 +85,7 @@ SWEEPS = {
                      {"model_args": {"bn_scale": True}}),
     },
 }
-SWEEP_BASE = "v4-joint-fast-b256"  # --base's default for a sweep
+SWEEP_BASE = next(iter(SWEEPS))  # --base's default for a sweep: the first
 AIRBENCH94 = {"pflops": 0.36, "test_accuracy": 0.9401, "label": "airbench94 (published; 50,000 balanced images)"}
 
 
@@ -296,7 +296,7 @@ def main(argv=None):
                     help="ablation: also run the baseline at these seeds; the table states their spread")
     args = ap.parse_args(argv)
     bases = {"controls": CONTROL_BASES, "sweep": tuple(SWEEPS)}.get(args.what, ())
-    args.base = args.base or {"controls": CONTROL_BASES[0], "sweep": SWEEP_BASE}.get(args.what)
+    args.base = args.base or (bases[0] if bases else None)  # the first is the default
     if bases and args.base not in bases:
         ap.error(f"--base {args.base!r} has no {args.what}; valid: {', '.join(bases)}")
     table_rows = {"ablation": ABLATIONS, "sweep": SWEEPS.get(args.base, {})}.get(args.what, {})

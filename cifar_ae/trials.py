@@ -376,7 +376,7 @@ TRIALS = {t.name: t for t in [
         "class prior, for the balanced test set. Training is unchanged; tau is the theory's, not tuned on test.",
         **V4_NARROW, lookahead=0.95 ** 5, logit_adjustment=1.0),
     # results/sweep_v4_narrow.md: at 16x (not 64x) the BatchNorm biases move at airbench94's per-example rate, and
-    # validation no longer collapses at the peak LR (61-70% for epochs 1-3 at quick, not 38-45%)
+    # the peak-LR validation collapse is gone
     _v4("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-biaslr16", "v4-joint-fast-b256-recon40-narrow-"
         "lookahead-logitadj with BatchNorm biases at 16x the learning rate instead of 64x: batch 256 at lr 1.5 is 4x "
         "airbench94's per-example LR, so 16x is airbench's per-example bias LR (the narrow sweep's best validation row).",
