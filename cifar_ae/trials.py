@@ -382,6 +382,11 @@ TRIALS = {t.name: t for t in [
         "airbench94's per-example LR, so 16x is airbench's per-example bias LR (the narrow sweep's best validation row).",
         **{**V4_NARROW, "model_args": {**V4_NARROW["model_args"], "bias_lr_scale": 16.0}}, lookahead=0.95 ** 5,
         logit_adjustment=1.0),
+    # every v4 lead so far trains at batch 256, chosen at 1 and 4 epochs (results/ablation_v4.md, sweep_v4.md) where 4x
+    # the steps wins; airbench94's own batch 1024 and 9 epochs were never run with the lead's other changes
+    _v4("v4-joint-fast-recon40-lookahead-logitadj", "v4-joint-fast (airbench94's wide net, batch 1024, 9 epochs at "
+        "full) with the narrow lead's three other changes: reconstruction weight 40, lookahead, logit adjustment tau 1.",
+        recon_weight=(40.0, 40.0), lookahead=0.95 ** 5, logit_adjustment=1.0),
     _v4("v4-joint-fast-b256-recon40-mid", "v4-joint-fast-b256-recon40 at widths 48/192/192 (0.580 GFLOP a "
         "training image) for 6 epochs: between the wide net and the narrow one at the same compute.",
         batch_size=256, recon_weight=(40.0, 40.0),
