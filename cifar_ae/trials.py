@@ -387,6 +387,13 @@ TRIALS = {t.name: t for t in [
     _v4("v4-joint-fast-recon40-lookahead-logitadj", "v4-joint-fast (airbench94's wide net, batch 1024, 9 epochs at "
         "full) with the narrow lead's three other changes: reconstruction weight 40, lookahead, logit adjustment tau 1.",
         recon_weight=(40.0, 40.0), lookahead=0.95 ** 5, logit_adjustment=1.0),
+    # not a joint model: the check on the port itself, against airbench94's published 94.01% (50,000 images, 9.9 epochs)
+    _v4("v4-airbench94", "airbench94 itself as v4 builds it: the classifier alone (reconstruction weight 0, no patch "
+        "path), with lookahead, on the full balanced training set less the 2,000 held out, 10 epochs at full. "
+        "Whether the Keras port reaches airbench94's published accuracy.",
+        model_args={"bn_momentum": 0.6, "dirac": True, "patch_channels": 0}, train_set="full",
+        loss_weights={"reconstruction": 0.0, "label": 1.0}, recon_weight=None, lookahead=0.95 ** 5,
+        presets={"quick": {"epochs": 4}, "full": {"epochs": 10}}),
     _v4("v4-joint-fast-b256-recon40-mid", "v4-joint-fast-b256-recon40 at widths 48/192/192 (0.580 GFLOP a "
         "training image) for 6 epochs: between the wide net and the narrow one at the same compute.",
         batch_size=256, recon_weight=(40.0, 40.0),
