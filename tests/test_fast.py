@@ -105,6 +105,7 @@ def test_v4_trials_run_on_smoke(name, tmp_path, cifar_dir):
     ("v4-joint-fast-b256-recon40-mid", "v4-joint-fast-b256-recon40", {"model_args", "presets"}),
     ("v4-joint-fast-recon40-lookahead-logitadj", "v4-joint-fast", {"recon_weight", "lookahead", "logit_adjustment"}),
     ("v4-joint-fast-recon40-lookahead-logitadj-wd", "v4-joint-fast-recon40-lookahead-logitadj", {"weight_decay"}),
+    ("v4-joint-fast-recon100-lookahead-logitadj-wd", "v4-joint-fast-recon40-lookahead-logitadj-wd", {"recon_weight"}),
     ("v4-joint-fast-norecon", "v4-joint-fast", {"loss_weights", "recon_weight"}),
     ("v4-airbench94", "v4-joint-fast-norecon", {"model_args", "train_set", "lookahead", "presets", "weight_decay"}),
     ("v4-joint-fast-balanced", "v4-joint-fast", {"train_set"}),
