@@ -401,6 +401,14 @@ TRIALS = {t.name: t for t in [
     _v4("v4-joint-fast-recon100-lookahead-logitadj-wd", "v4-joint-fast-recon40-lookahead-logitadj-wd at "
         "reconstruction weight 100: its MSE (0.0015 at full) over the 0.001 goal.",
         recon_weight=(100.0, 100.0), lookahead=0.95 ** 5, logit_adjustment=1.0, weight_decay=AIRBENCH_WEIGHT_DECAY),
+    # the narrow lead with the fix: at batch 256 Keras' decoupled decay (weight_decay * lr a step) keeps airbench94's
+    # per-example decay only at its per-example LR, 0.375; at the lead's 1.5 both are 4x airbench's per example
+    _v4("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd", "v4-joint-fast-b256-recon40-narrow-lookahead-"
+        "logitadj with airbench94's weight decay (AIRBENCH_WEIGHT_DECAY) instead of _v4's 680x weaker 1.3e-5.",
+        **V4_NARROW, lookahead=0.95 ** 5, logit_adjustment=1.0, weight_decay=AIRBENCH_WEIGHT_DECAY),
+    _v4("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375", "v4-joint-fast-b256-recon40-narrow-"
+        "lookahead-logitadj-wd at peak LR 0.375: airbench94's per-example learning rate and weight decay at batch 256.",
+        **V4_NARROW, lookahead=0.95 ** 5, logit_adjustment=1.0, weight_decay=AIRBENCH_WEIGHT_DECAY, learning_rate=0.375),
     # not a joint model: the check on the port itself, against airbench94's published 94.01% (50,000 images, 9.9 epochs)
     _v4("v4-airbench94", "airbench94 itself as v4 builds it: the classifier alone (reconstruction weight 0, no patch "
         "path), with lookahead and airbench94's weight decay, on the full balanced training set less the 2,000 "
