@@ -284,7 +284,9 @@ def _v4(name, description, **kw):
     """airbench94's recipe on the joint model (cifar_ae.models.fast_joint), every trick a field (cifar_ae.tricks):
     whitening, Nesterov SGD 0.85 at a large LR with decoupled weight decay, BatchNorm biases at 64x the LR, label
     smoothing 0.2, batch 1024, alternating flip + 2 px translate, flip + crop TTA. The SGD constants are airbench's
-    (lr 11.5 and wd 0.0153 per 1024 summed-loss examples) converted to Keras' mean loss and decoupled decay.
+    (lr 11.5 and wd 0.0153 per 1024 summed-loss examples) converted to Keras' mean loss and decoupled decay; the
+    decay's conversion was wrong (1.3e-5, 680x too weak: see AIRBENCH_WEIGHT_DECAY), and stays here so that every
+    v4 trial below means what its runs ran; the `-wd` trials and v4-airbench94 set the right one.
     model_args write out airbench's BatchNorm momentum (Keras' 0.6) and its identity (dirac) conv init
     (fast_joint's defaults, so the reader sees them here).
     quick = 4 epochs (~0.15 PFLOP), full = 9 (~0.35 PFLOP, airbench94's budget)."""
