@@ -144,6 +144,12 @@ def check_buildable(trial: Trial) -> None:
     if trial.whitening and "whiten_channels" not in inspect.signature(M.BUILDERS[trial.model]).parameters:
         raise TrialError(f"trial '{trial.name}': whitening=True needs a builder with a `whiten` layer (fast_joint); "
                          f"{trial.model} has none.")
+    if trial.weight_decay_skip and trial.upstream is None:
+        names = [layer.name for layer in M.BUILDERS[trial.model](**trial.model_args).layers]
+        unmatched = [p for p in trial.weight_decay_skip if not any(n.startswith(p) for n in names)]
+        if unmatched:
+            raise TrialError(f"trial '{trial.name}': weight_decay_skip prefixes {unmatched} match no layer of "
+                             f"{trial.model}; its layers: {', '.join(names)}.")
     if trial.strategy == "mirrored" and keras.backend.backend() != "tensorflow":
         raise TrialError("strategy 'mirrored' needs the TensorFlow backend (KERAS_BACKEND=tensorflow).")
 
@@ -182,6 +188,10 @@ def label_loss(trial):
 def compile_model(model, trial, steps_per_epoch=None):
     optimizer = OPTIMIZERS[trial.optimizer](trial.learning_rate, trial.weight_decay, trial.momentum,
                                             trial.ema_momentum, steps_per_epoch)
+    if trial.weight_decay_skip:  # check_buildable has made sure each prefix names layers
+        skip = tuple(trial.weight_decay_skip)
+        optimizer.exclude_from_weight_decay(
+            var_list=[v for layer in model.layers if layer.name.startswith(skip) for v in layer.trainable_variables])
     if trial.task == "autoencoder":
         model.compile(optimizer, loss="mse", metrics=["mse"])
     elif trial.task == "classifier":

@@ -14,6 +14,8 @@ from keras import ops
 TRICKS = (  # (Trial field, what it does, its off value)
     ("lr_schedule", "'onecycle': linear warm-up to the peak LR over `warmup` of training, then cosine decay", None),
     ("weight_decay", "decoupled (AdamW-style) weight decay", None),
+    ("weight_decay_skip", "layers whose names start with these prefixes take no weight decay (v4: the decoder, "
+     "which airbench94's decay was not tuned for)", ()),
     ("label_smoothing", "cross-entropy against (1 - eps) one-hot + eps uniform", 0.0),
     ("recon_weight", "(a, b): the reconstruction loss weight goes a -> b linearly over the epochs", None),
     ("batch_sizes", "(b1, b2, ..): the batch size grows, one size per equal stage of the epochs", None),

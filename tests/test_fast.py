@@ -105,6 +105,8 @@ def test_v4_trials_run_on_smoke(name, tmp_path, cifar_dir):
     ("v4-joint-fast-b256-recon40-mid", "v4-joint-fast-b256-recon40", {"model_args", "presets"}),
     ("v4-joint-fast-recon40-lookahead-logitadj", "v4-joint-fast", {"recon_weight", "lookahead", "logit_adjustment"}),
     ("v4-joint-fast-recon40-lookahead-logitadj-wd", "v4-joint-fast-recon40-lookahead-logitadj", {"weight_decay"}),
+    ("v4-joint-fast-recon40-lookahead-logitadj-wd-decnowd", "v4-joint-fast-recon40-lookahead-logitadj-wd",
+     {"weight_decay_skip"}),
     ("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd", "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj",
      {"weight_decay"}),
     ("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375",

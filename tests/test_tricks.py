@@ -160,3 +160,22 @@ def test_a_lookahead_run_interrupted_after_epoch_1_resumes_to_the_uninterrupted_
     a, b = (json.loads((r / "metrics.json").read_text()) for r in (whole, cut))
     assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=1e-9)
     assert a["recon_mse"] == pytest.approx(b["recon_mse"], rel=1e-5) and a["best_epoch"] == b["best_epoch"]
+
+
+def test_weight_decay_skip_leaves_the_named_layers_undecayed(tmp_path):
+    from cifar_ae import models as M
+    from cifar_ae.training import compile_model
+    from cifar_ae.trials import TrialError, get_trial
+    trial = get_trial("v4-joint-fast-recon40-lookahead-logitadj-wd", weight_decay_skip=("dec", "patch_code"))
+    model = compile_model(M.fast_joint(widths=(8, 16, 16), decoder_width=8), trial)
+    variables = model.trainable_variables
+    before = [v.numpy().copy() for v in variables]
+    model.optimizer.apply_gradients([(keras.ops.zeros_like(v), v) for v in variables])  # zero gradient: decay only
+    moved = {v.path.split("/")[0]: not np.allclose(v.numpy(), b) for v, b in zip(variables, before)}
+    assert moved["enc1_conv1"] and moved["head_dense"]
+    assert not any(moved[n] for n in moved if n.startswith(("dec", "patch_code"))), moved
+    with pytest.raises(TrialError, match="weight_decay_skip prefixes \\['decoder'\\] match no layer of fast_joint"):
+        run_trial(trial.replace(weight_decay_skip=("decoder",)), "smoke", 0, out_dir=tmp_path)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+    with pytest.raises(TrialError, match="needs a weight_decay"):
+        trial.replace(weight_decay=None)
