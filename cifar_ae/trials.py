@@ -311,6 +311,10 @@ def _v4(name, description, **kw):
 # or mean) scales gradients, not the decay: _v4's 1.3e-5 divided by 1024 as well, 680x too weak (results: README).
 AIRBENCH_WEIGHT_DECAY = 0.0153 / (1 + 1 / (1 - 0.85)) / (1 - 0.85) / 1.5  # 8.87e-3
 
+# the narrow lead's three changes beyond the batch and width (lookahead, logit adjustment, reconstruction weight 40),
+# for the wide net's trials that take them
+V4_LEAD_CHANGES = dict(recon_weight=(40.0, 40.0), lookahead=0.95 ** 5, logit_adjustment=1.0)
+
 # the narrow v4 net: a third of the wide net's FLOPs a training image, 3x the epochs for the same compute
 V4_NARROW = dict(batch_size=256, recon_weight=(40.0, 40.0),
                  model_args={"bn_momentum": 0.6, "dirac": True, "widths": (32, 128, 128)},
@@ -400,21 +404,20 @@ TRIALS = {t.name: t for t in [
     # the steps wins; airbench94's own batch 1024 and 9 epochs were never run with the lead's other changes
     _v4("v4-joint-fast-recon40-lookahead-logitadj", "v4-joint-fast (airbench94's wide net, batch 1024, 9 epochs at "
         "full) with the narrow lead's three other changes: reconstruction weight 40, lookahead, logit adjustment tau 1.",
-        recon_weight=(40.0, 40.0), lookahead=0.95 ** 5, logit_adjustment=1.0),
+        **V4_LEAD_CHANGES),
     _v4("v4-joint-fast-recon40-lookahead-logitadj-wd", "v4-joint-fast-recon40-lookahead-logitadj with airbench94's "
         "weight decay (AIRBENCH_WEIGHT_DECAY, 8.87e-3 in Keras' decoupled form) instead of _v4's 680x weaker 1.3e-5.",
-        recon_weight=(40.0, 40.0), lookahead=0.95 ** 5, logit_adjustment=1.0, weight_decay=AIRBENCH_WEIGHT_DECAY),
+        **V4_LEAD_CHANGES, weight_decay=AIRBENCH_WEIGHT_DECAY),
     # the weight-decay fix lifted the wide net +2.2 points at full, but its best-validation checkpoint (epoch 8 of 9) had
     # MSE 0.0015, over the 0.001 goal: 2.5x the reconstruction weight (MSE fell as weight^-0.58 from 10 to 40 at b256)
     _v4("v4-joint-fast-recon100-lookahead-logitadj-wd", "v4-joint-fast-recon40-lookahead-logitadj-wd at "
         "reconstruction weight 100: its MSE (0.0015 at full) over the 0.001 goal.",
-        recon_weight=(100.0, 100.0), lookahead=0.95 ** 5, logit_adjustment=1.0, weight_decay=AIRBENCH_WEIGHT_DECAY),
+        **{**V4_LEAD_CHANGES, "recon_weight": (100.0, 100.0)}, weight_decay=AIRBENCH_WEIGHT_DECAY),
     # the decoder is not airbench's: its last layers are not behind a BatchNorm, so the decay shrinks what they output,
     # and the wide -wd runs' MSE only fell under 0.0015 in the last epoch
     _v4("v4-joint-fast-recon40-lookahead-logitadj-wd-decnowd", "v4-joint-fast-recon40-lookahead-logitadj-wd with no "
         "weight decay on the decoder or the patch path (weight_decay_skip): the decay stays airbench94's own net's.",
-        recon_weight=(40.0, 40.0), lookahead=0.95 ** 5, logit_adjustment=1.0, weight_decay=AIRBENCH_WEIGHT_DECAY,
-        weight_decay_skip=("dec", "patch_code")),
+        **V4_LEAD_CHANGES, weight_decay=AIRBENCH_WEIGHT_DECAY, weight_decay_skip=("dec", "patch_code")),
     # the narrow lead with the fix: at batch 256 Keras' decoupled decay (weight_decay * lr a step) keeps airbench94's
     # per-example decay only at its per-example LR, 0.375; at the lead's 1.5 both are 4x airbench's per example
     _v4("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd", "v4-joint-fast-b256-recon40-narrow-lookahead-"
@@ -426,8 +429,7 @@ TRIALS = {t.name: t for t in [
     # not a joint model: the check on the port itself, against airbench94's published 94.01% (50,000 images, 9.9 epochs)
     _v4("v4-airbench94", "airbench94 itself as v4 builds it: the classifier alone (reconstruction weight 0, no patch "
         "path), with lookahead and airbench94's weight decay, on the full balanced training set less the 2,000 "
-        "held out, 10 epochs at full. "
-        "Whether the Keras port reaches airbench94's published accuracy.",
+        "held out, 10 epochs at full: whether the Keras port reaches airbench94's published accuracy.",
         model_args={"bn_momentum": 0.6, "dirac": True, "patch_channels": 0}, train_set="full",
         loss_weights={"reconstruction": 0.0, "label": 1.0}, recon_weight=None, lookahead=0.95 ** 5,
         weight_decay=AIRBENCH_WEIGHT_DECAY,
