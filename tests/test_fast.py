@@ -113,6 +113,8 @@ def test_v4_trials_run_on_smoke(name, tmp_path, cifar_dir):
      "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd", {"learning_rate"}),
     ("v4-joint-fast-b256-recon40-mid-lookahead-logitadj-wd-lr0.375",
      "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375", {"model_args", "presets"}),
+    ("v4-joint-fast-b256-recon40-lookahead-logitadj-wd-lr0.375", "v4-joint-fast-recon40-lookahead-logitadj-wd",
+     {"batch_size", "learning_rate"}),
     ("v4-joint-fast-recon100-lookahead-logitadj-wd", "v4-joint-fast-recon40-lookahead-logitadj-wd", {"recon_weight"}),
     ("v4-joint-fast-norecon", "v4-joint-fast", {"loss_weights", "recon_weight"}),
     ("v4-airbench94", "v4-joint-fast-norecon", {"model_args", "train_set", "lookahead", "presets", "weight_decay"}),
