@@ -312,7 +312,7 @@ def _v4(name, description, **kw):
 AIRBENCH_WEIGHT_DECAY = 0.0153 / (1 + 1 / (1 - 0.85)) / (1 - 0.85) / 1.5  # 8.87e-3
 
 # the narrow lead's three changes beyond the batch and width (lookahead, logit adjustment, reconstruction weight 40),
-# for the wide net's trials that take them
+# which every later v4 trial takes
 V4_LEAD_CHANGES = dict(recon_weight=(40.0, 40.0), lookahead=0.95 ** 5, logit_adjustment=1.0)
 
 # the narrow v4 net: a third of the wide net's FLOPs a training image, 3x the epochs for the same compute
@@ -426,18 +426,17 @@ TRIALS = {t.name: t for t in [
     # per-example decay only at its per-example LR, 0.375; at the lead's 1.5 both are 4x airbench's per example
     _v4("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd", "v4-joint-fast-b256-recon40-narrow-lookahead-"
         "logitadj with airbench94's weight decay (AIRBENCH_WEIGHT_DECAY) instead of _v4's 680x weaker 1.3e-5.",
-        **V4_NARROW, lookahead=0.95 ** 5, logit_adjustment=1.0, weight_decay=AIRBENCH_WEIGHT_DECAY),
+        **{**V4_NARROW, **V4_LEAD_CHANGES}, weight_decay=AIRBENCH_WEIGHT_DECAY),
     _v4("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375", "v4-joint-fast-b256-recon40-narrow-"
         "lookahead-logitadj-wd at peak LR 0.375: airbench94's per-example learning rate and weight decay at batch 256.",
-        **V4_NARROW, lookahead=0.95 ** 5, logit_adjustment=1.0, weight_decay=AIRBENCH_WEIGHT_DECAY, learning_rate=0.375),
+        **{**V4_NARROW, **V4_LEAD_CHANGES}, weight_decay=AIRBENCH_WEIGHT_DECAY, learning_rate=0.375),
     # the fixed-decay narrow lead ends at 98% training accuracy (labels smoothed, augmented) after 28 epochs; the mid
     # widths (0.580 GFLOP a training image) see each image half as often for the same compute
     _v4("v4-joint-fast-b256-recon40-mid-lookahead-logitadj-wd-lr0.375", "v4-joint-fast-b256-recon40-narrow-lookahead-"
         "logitadj-wd-lr0.375 at widths 48/192/192 for 14 epochs at full (0.329 PFLOP): v4-joint-fast-b256-recon40-mid's "
         "shape with the narrow lead's recipe.",
-        **{**V4_NARROW, **V4_MID}, lookahead=0.95 ** 5, logit_adjustment=1.0, weight_decay=AIRBENCH_WEIGHT_DECAY,
-        learning_rate=0.375),
-    # narrow (28 epochs) 92.57% and mid (14) 92.78% on test, seed 0: the wide net (9) at the same recipe ends the line
+        batch_size=256, **V4_MID, **V4_LEAD_CHANGES, weight_decay=AIRBENCH_WEIGHT_DECAY, learning_rate=0.375),
+    # the same recipe at airbench94's widths ends the line narrow (28 epochs), mid (14), wide (9) at one compute
     _v4("v4-joint-fast-b256-recon40-lookahead-logitadj-wd-lr0.375", "v4-joint-fast-recon40-lookahead-logitadj-wd at "
         "batch 256 and peak LR 0.375 (airbench94's per-example LR and decay): the narrow lead's recipe at airbench94's "
         "widths, 9 epochs at full.", **V4_LEAD_CHANGES, weight_decay=AIRBENCH_WEIGHT_DECAY, batch_size=256,
