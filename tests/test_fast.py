@@ -111,6 +111,8 @@ def test_v4_trials_run_on_smoke(name, tmp_path, cifar_dir):
      {"weight_decay"}),
     ("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375",
      "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd", {"learning_rate"}),
+    ("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-translate4",
+     "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375", {"augmentation"}),
     ("v4-joint-fast-b256-recon40-mid-lookahead-logitadj-wd-lr0.375",
      "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375", {"model_args", "presets"}),
     ("v4-joint-fast-b256-recon40-lookahead-logitadj-wd-lr0.375", "v4-joint-fast-recon40-lookahead-logitadj-wd",
