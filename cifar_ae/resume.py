@@ -164,6 +164,18 @@ class RunState(keras.callbacks.Callback):
         assign(list(model.variables), arrays[:len(model.variables)], best["file"], self.fix)
         return True
 
+    def restore_final(self, model):
+        """The run's result: its best epoch, or with no validation metric (Trial.validation='none') its last
+        epoch's checkpoint, so a run killed after training ends on its trained weights, not on fresh ones."""
+        if self.restore_best(model):
+            return True
+        ckpt = self.state.get("checkpoint")
+        if ckpt is None:
+            return False
+        arrays = load_arrays(self.run / "checkpoints" / ckpt["file"], ckpt["sha256"], self.fix)
+        assign(list(model.variables), arrays[:len(model.variables)], ckpt["file"], self.fix)
+        return True
+
     # ------------------------------------------------------------------ Keras hooks
     def on_train_begin(self, logs=None):
         ckpt = self.state.get("checkpoint")

@@ -73,6 +73,8 @@ def prepare_data(trial, settings, seed, source=None) -> dict:
     x_test, y_test = _take(d.x_test, d.y_test, settings["test_images"], seed)
     if trial.validation == "test":  # the study's choice: validation curves on (a slice of) the test set
         x_val, y_val = _take(x_test, y_test, settings["val_images"], seed)
+    elif trial.validation == "none":  # every training image trains; the run keeps its last epoch
+        x_val, y_val = x[:0], y[:0]
     else:
         (x, y), (x_val, y_val) = D.train_val_split(x, y, val_fraction=settings["val_images"] / len(y), seed=seed)
     x, y = _take(x, y, settings["train_images"], seed)
@@ -457,7 +459,7 @@ def _train_and_record(trial, preset, seed, settings, run, data, model, callbacks
 
 def _train(trial, settings, run, data, model, callbacks, verbose, seed):
     monitor, mode = monitor_for(trial.task)
-    val = _batches(trial, data, settings, seed, False)
+    val = _batches(trial, data, settings, seed, False) if len(data["y_val"]) else None  # None: no best epoch, the last
     tricks = trick_callbacks(trial, model, settings, len(data["y_train"]))
     stateful = [cb for cb in tricks if type(cb).__name__ in S.STATEFUL_ATTRS]
     extra = [v for cb in tricks for v in getattr(cb, "variables", ())]  # a callback's own state (Lookahead's)
@@ -472,7 +474,7 @@ def _train(trial, settings, run, data, model, callbacks, verbose, seed):
         model.fit(train, validation_data=val, initial_epoch=max(first, state.epochs_done), epochs=end,
                   callbacks=[*tricks, *callbacks, state], verbose=verbose, shuffle=False)
     state = S.RunState(run, monitor, mode)
-    state.restore_best(model)
+    state.restore_final(model)
     S.save_model_atomic(model, run / "model.keras")
     final = S.read_state(run)
     final.update(trained=True, model_sha256=S.sha256_file(run / "model.keras"), best_epoch=state.best_epoch)
@@ -502,7 +504,7 @@ def evaluate_model(model, trial, data, run, settings, seed) -> dict:
         if "test_accuracy_without_tta" in unadjusted:
             metrics["test_accuracy_without_tta"] = unadjusted["test_accuracy_without_tta"]
         metrics.update(test_accuracy_without_logit_adjustment=unadjusted["test_accuracy"],
-                       **_val_balanced(model, trial, data))
+                       **(_val_balanced(model, trial, data) if len(data["y_val"]) else {}))
     metrics["test_images"] = len(data["y_test"])
     metrics["inference_images_per_second"] = round(len(x_in) / max(infer_s, 1e-9), 1)
     figs = run / "figures"

@@ -77,6 +77,37 @@ def test_a_logit_adjusted_run_keeps_the_unadjusted_numbers_beside_its_own(tmp_pa
     assert plain != run and "logit_adjustment" not in json.loads((plain / "config.json").read_text())["key"]["trial"]
 
 
+def test_validation_none_trains_on_the_held_out_images_too_and_refuses_what_needs_them(cifar_dir):
+    from cifar_ae.training import prepare_data
+    settings = {**TRIALS["v4-joint-fast"].settings("smoke"), "train_images": None}
+    held = prepare_data(TRIALS["v4-joint-fast"], settings, 0)
+    every = prepare_data(TRIALS["v4-joint-fast"].replace(validation="none"), settings, 0)
+    assert len(every["y_val"]) == 0 and len(every["y_train"]) == len(held["y_train"]) + len(held["y_val"])
+    with pytest.raises(TrialError, match="validation='none' needs an lr_schedule .*got lr_schedule=None"):
+        TRIALS["v2-joint-noaug"].replace(validation="none")
+    with pytest.raises(TrialError, match="preset 'study' stops early on a validation metric"):
+        TRIALS["v4-joint-fast"].replace(validation="none").settings("study")
+
+
+def test_a_run_without_validation_keeps_its_last_epoch_even_when_killed_before_saving_it(tmp_path, cifar_dir):
+    class KilledAfterTraining(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            raise RuntimeError("killed after training")
+
+    changes = dict(validation="none", logit_adjustment=1.0, epochs=2)
+    with pytest.raises(RuntimeError, match="killed after training"):
+        run_trial("v4-joint-fast", "smoke", 0, out_dir=tmp_path / "a", verbose=0, callbacks=[KilledAfterTraining()],
+                  **changes)
+    resumed = run_trial("v4-joint-fast", "smoke", 0, out_dir=tmp_path / "a", verbose=0, **changes)
+    whole = run_trial("v4-joint-fast", "smoke", 0, out_dir=tmp_path / "b", verbose=0, **changes)
+    config = json.loads((resumed / "config.json").read_text())
+    assert config["val_images"] == 0 and config["trial"]["validation"] == "none"
+    m, w = (json.loads((r / "metrics.json").read_text()) for r in (resumed, whole))
+    assert m["best_epoch"] is None and m["epochs"] == 2 and "val_balanced_accuracy" not in m
+    # the resumed run reloads epoch 2's weights (a fresh net would score otherwise)
+    assert (m["test_accuracy"], m["recon_mse"]) == (w["test_accuracy"], w["recon_mse"])
+
+
 @pytest.mark.parametrize("name", ["v4-joint-fast", "v4-joint-fast-norecon", "v4-joint-fast-balanced"])
 def test_v4_trials_run_on_smoke(name, tmp_path, cifar_dir):
     run = run_trial(name, "smoke", 0, out_dir=tmp_path, verbose=0)
@@ -113,6 +144,8 @@ def test_v4_trials_run_on_smoke(name, tmp_path, cifar_dir):
      "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd", {"learning_rate"}),
     ("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-translate4",
      "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375", {"augmentation"}),
+    ("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-alltrain",
+     "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375", {"validation"}),
     ("v4-joint-fast-b256-recon40-mid-lookahead-logitadj-wd-lr0.375",
      "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375", {"model_args", "presets"}),
     ("v4-joint-fast-b256-recon40-lookahead-logitadj-wd-lr0.375", "v4-joint-fast-recon40-lookahead-logitadj-wd",
