@@ -282,7 +282,7 @@ def plan_run(trial, preset="quick", seed=0, out_dir=None, epochs=None, variant=N
     (a capped autoencoder is another run, so its classifier is too)."""
     trial = resolve_trial(trial, **changes)
     seed = check_seed(seed)
-    settings = trial.settings(preset)
+    settings = trial.run_settings(preset)
     if epochs is not None:
         settings["epochs"] = check_epochs(epochs)
     check_epochs(settings["epochs"])

@@ -241,7 +241,11 @@ class Trial:
         """The preset's fields with this trial's overrides applied."""
         if preset not in PRESETS:
             raise TrialError(f"unknown preset '{preset}'; valid presets: {', '.join(PRESETS)}.")
-        settings = {**PRESETS[preset], **self.presets.get(preset, {})}
+        return {**PRESETS[preset], **self.presets.get(preset, {})}
+
+    def run_settings(self, preset: str) -> dict:
+        """settings(preset), checked for a run: a preset that stops early needs a validation metric."""
+        settings = self.settings(preset)
         if self.validation == "none" and settings["early_stopping"]:
             raise TrialError(f"trial '{self.name}': preset '{preset}' stops early on a validation metric "
                              f"(early_stopping={settings['early_stopping']}), and validation='none' has none; use "

@@ -85,8 +85,10 @@ def test_validation_none_trains_on_the_held_out_images_too_and_refuses_what_need
     assert len(every["y_val"]) == 0 and len(every["y_train"]) == len(held["y_train"]) + len(held["y_val"])
     with pytest.raises(TrialError, match="validation='none' needs an lr_schedule .*got lr_schedule=None"):
         TRIALS["v2-joint-noaug"].replace(validation="none")
+    every_image = TRIALS["v4-joint-fast"].replace(validation="none")
+    assert every_image.settings("study")["epochs"] == 100  # listing a preset is fine; running it is not
     with pytest.raises(TrialError, match="preset 'study' stops early on a validation metric"):
-        TRIALS["v4-joint-fast"].replace(validation="none").settings("study")
+        run_trial(every_image, "study", 0)
 
 
 def test_a_run_without_validation_keeps_its_last_epoch_even_when_killed_before_saving_it(tmp_path, cifar_dir):
