@@ -17,17 +17,21 @@ class ArrayBatches(keras.utils.PyDataset):
     targets: 'label' -> (x, y); 'reconstruction' -> (x, x); 'joint' -> (x, {"reconstruction": x, "label": y}).
     transform: optional picklable callable ``(uint8 batch, numpy Generator) -> uint8 batch`` (augmentation).
     sample_weight: per-image weights (class weights); for 'joint' they apply to the label output only.
+    drop_last: leave out each epoch's partial last batch (a new permutation each epoch, so a different few images).
     Batch ``i`` of epoch ``e`` depends only on (seed, e, i), so workers and reruns reproduce it.
     """
 
     def __init__(self, x, y, batch_size=128, targets="label", shuffle=True, transform=None,
-                 sample_weight=None, scaling=None, seed=0, epoch=0, **pydataset_kwargs):
+                 sample_weight=None, scaling=None, seed=0, epoch=0, drop_last=False, **pydataset_kwargs):
         super().__init__(**pydataset_kwargs)
         if targets not in TARGETS:
             raise ValueError(f"unknown targets '{targets}'; valid: {', '.join(TARGETS)}.")
         self.x, self.y = x, (None if y is None else np.asarray(y).reshape(-1))
         self.batch_size, self.targets, self.shuffle = int(batch_size), targets, shuffle
-        self.transform, self.scaling, self.seed = transform, scaling, seed
+        self.transform, self.scaling, self.seed, self.drop_last = transform, scaling, seed, bool(drop_last)
+        if self.drop_last and len(x) < self.batch_size:
+            raise ValueError(f"drop_last needs at least one full batch: got {len(x)} images at batch size "
+                             f"{self.batch_size} (lower the batch size, or drop_last=False).")
         self.sample_weight = None if sample_weight is None else np.asarray(sample_weight, np.float32)
         self.set_epoch(epoch)
 
@@ -38,7 +42,7 @@ class ArrayBatches(keras.utils.PyDataset):
                       else np.arange(n))
 
     def __len__(self):
-        return -(-len(self.x) // self.batch_size)
+        return len(self.x) // self.batch_size if self.drop_last else -(-len(self.x) // self.batch_size)
 
     def on_epoch_end(self):
         self.set_epoch(self.epoch + 1)

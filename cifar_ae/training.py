@@ -254,7 +254,7 @@ def _batches(trial, data, settings, seed, train: bool, batch_size=None):
     # pickling every batch (benchmarks/augment_throughput.py: 1.3-1.5x the throughput of 2 processes)
     return ArrayBatches(data["x_train"], data["y_train"], batch_size=batch_size or trial.batch_size, targets=targets,
                         transform=transform, sample_weight=sample_weight, scaling=data["scaling"], seed=seed,
-                        workers=workers, use_multiprocessing=False)
+                        workers=workers, use_multiprocessing=False, drop_last=trial.drop_last)
 
 
 @dataclass
@@ -416,7 +416,7 @@ def trick_callbacks(trial, model, settings, train_images):
     if trial.recon_weight and trial.task == "joint":
         cbs.append(T.ReconWeightSchedule(model.loss["reconstruction"], *trial.recon_weight, epochs))
     if trial.lookahead is not None:
-        steps = sum((end - first) * -(-train_images // bs)
+        steps = sum((end - first) * (train_images // bs if trial.drop_last else -(-train_images // bs))
                     for first, end, bs in T.batch_stages(trial.batch_sizes or (trial.batch_size,), epochs))
         cbs.append(T.Lookahead(model, trial.lookahead, steps))
     if settings.get("early_stopping"):  # best weights come back from the run's best checkpoint, not from memory

@@ -110,7 +110,18 @@ def test_a_run_without_validation_keeps_its_last_epoch_even_when_killed_before_s
     assert (m["test_accuracy"], m["recon_mse"]) == (w["test_accuracy"], w["recon_mse"])
 
 
-@pytest.mark.parametrize("name", ["v4-joint-fast", "v4-joint-fast-norecon", "v4-joint-fast-balanced"])
+def test_drop_last_leaves_out_each_epochs_partial_batch():
+    from cifar_ae.batches import ArrayBatches
+    x, y = np.zeros((10, 32, 32, 3), np.uint8), np.arange(10)
+    every, dropped = ArrayBatches(x, y, batch_size=4), ArrayBatches(x, y, batch_size=4, drop_last=True)
+    assert (len(every), len(dropped)) == (3, 2)
+    assert [len(dropped[i][1]) for i in range(len(dropped))] == [4, 4]
+    with pytest.raises(ValueError, match="drop_last needs at least one full batch: got 3 images at batch size 4"):
+        ArrayBatches(x[:3], y[:3], batch_size=4, drop_last=True)
+
+
+@pytest.mark.parametrize("name", ["v4-joint-fast", "v4-joint-fast-norecon", "v4-joint-fast-balanced",
+                                  "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-droplast"])
 def test_v4_trials_run_on_smoke(name, tmp_path, cifar_dir):
     run = run_trial(name, "smoke", 0, out_dir=tmp_path, verbose=0)
     m = json.loads((run / "metrics.json").read_text())
@@ -146,8 +157,10 @@ def test_v4_trials_run_on_smoke(name, tmp_path, cifar_dir):
      "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd", {"learning_rate"}),
     ("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-translate4",
      "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375", {"augmentation"}),
-    ("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-alltrain",
-     "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375", {"validation"}),
+    ("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-droplast",
+     "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375", {"drop_last"}),
+    ("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-droplast-alltrain",
+     "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-droplast", {"validation"}),
     ("v4-joint-fast-b256-recon40-mid-lookahead-logitadj-wd-lr0.375",
      "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375", {"model_args", "presets"}),
     ("v4-joint-fast-b256-recon40-lookahead-logitadj-wd-lr0.375", "v4-joint-fast-recon40-lookahead-logitadj-wd",
