@@ -23,6 +23,8 @@ TRICKS = (  # (Trial field, what it does, its off value)
     ("tta_crops", "... and the image shifted 1 px up-left and down-right (airbench's multi-crop TTA)", False),
     ("logit_adjustment", "tau: test predictions divided by the training class prior ** tau (post-hoc logit "
      "adjustment, Menon et al. 2021): the imbalanced training set's prior taken out for the balanced test set", 0.0),
+    ("drop_last", "training leaves out each epoch's partial last batch (airbench's loader): a few images' BatchNorm "
+     "statistics would otherwise end every epoch", False),
     ("whitening", "a frozen 2x2 patch-whitening first conv, from the training images' patch eigenvectors", False),
     ("momentum", "SGD's Nesterov momentum (airbench: 0.85)", None),
     ("ema_momentum", "an EMA of the weights, written into the model every epoch (lookahead-like)", None),
