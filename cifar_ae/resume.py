@@ -156,25 +156,21 @@ class RunState(keras.callbacks.Callback):
         best = self.state.get("best")
         return None if best is None else best["epoch"]
 
-    def restore_best(self, model):
-        best = self.state.get("best")
-        if best is None:
+    def _restore_model(self, model, entry) -> bool:
+        """The model's variables from a checkpoint entry of state.json (best or last); False if there is none."""
+        if entry is None:
             return False
-        arrays = load_arrays(self.run / "checkpoints" / best["file"], best["sha256"], self.fix)
-        assign(list(model.variables), arrays[:len(model.variables)], best["file"], self.fix)
+        arrays = load_arrays(self.run / "checkpoints" / entry["file"], entry["sha256"], self.fix)
+        assign(list(model.variables), arrays[:len(model.variables)], entry["file"], self.fix)
         return True
+
+    def restore_best(self, model):
+        return self._restore_model(model, self.state.get("best"))
 
     def restore_final(self, model):
         """The run's result: its best epoch, or with no validation metric (Trial.validation='none') its last
         epoch's checkpoint, so a run killed after training ends on its trained weights, not on fresh ones."""
-        if self.restore_best(model):
-            return True
-        ckpt = self.state.get("checkpoint")
-        if ckpt is None:
-            return False
-        arrays = load_arrays(self.run / "checkpoints" / ckpt["file"], ckpt["sha256"], self.fix)
-        assign(list(model.variables), arrays[:len(model.variables)], ckpt["file"], self.fix)
-        return True
+        return self.restore_best(model) or self._restore_model(model, self.state.get("checkpoint"))
 
     # ------------------------------------------------------------------ Keras hooks
     def on_train_begin(self, logs=None):
