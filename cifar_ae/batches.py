@@ -11,6 +11,11 @@ import keras
 TARGETS = ("label", "reconstruction", "joint")
 
 
+def steps_per_epoch(images, batch_size, drop_last=False) -> int:
+    """Batches in one epoch: the partial last batch counts unless it is dropped."""
+    return images // batch_size if drop_last else -(-images // batch_size)
+
+
 class ArrayBatches(keras.utils.PyDataset):
     """Batches of uint8 images -> float32 inputs and the targets a model wants.
 
@@ -42,7 +47,7 @@ class ArrayBatches(keras.utils.PyDataset):
                       else np.arange(n))
 
     def __len__(self):
-        return len(self.x) // self.batch_size if self.drop_last else -(-len(self.x) // self.batch_size)
+        return steps_per_epoch(len(self.x), self.batch_size, self.drop_last)
 
     def on_epoch_end(self):
         self.set_epoch(self.epoch + 1)

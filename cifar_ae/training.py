@@ -26,7 +26,7 @@ import keras
 
 from . import compute as C, data as D, evaluate as E, hardware as H, memory, models as M, plots as P, resume as S, \
     runs as R, tricks as T
-from .batches import ArrayBatches
+from .batches import ArrayBatches, steps_per_epoch
 from .optim import LR_SCHEDULES, OPTIMIZERS
 from .runinfo import command_line
 from .trials import Trial, TrialError, check_epochs, check_seed, get_trial
@@ -416,7 +416,7 @@ def trick_callbacks(trial, model, settings, train_images):
     if trial.recon_weight and trial.task == "joint":
         cbs.append(T.ReconWeightSchedule(model.loss["reconstruction"], *trial.recon_weight, epochs))
     if trial.lookahead is not None:
-        steps = sum((end - first) * (train_images // bs if trial.drop_last else -(-train_images // bs))
+        steps = sum((end - first) * steps_per_epoch(train_images, bs, trial.drop_last)
                     for first, end, bs in T.batch_stages(trial.batch_sizes or (trial.batch_size,), epochs))
         cbs.append(T.Lookahead(model, trial.lookahead, steps))
     if settings.get("early_stopping"):  # best weights come back from the run's best checkpoint, not from memory
