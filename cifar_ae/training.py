@@ -350,7 +350,7 @@ def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=Fa
             model, _ = build_model(trial, preset, seed, out_dir, verbose, upstream_dir)
             if trial.whitening:  # from this run's training images, before compile fixes what trains
                 M.init_whitening(model, data["x_train"])
-            compile_model(model, trial, steps_per_epoch=-(-len(data["y_train"]) // trial.batch_size))
+            compile_model(model, trial, steps_per_epoch(len(data["y_train"]), trial.batch_size, trial.drop_last))
         with R.RunLock(run):  # a process refused here has written nothing, and removes nothing
             try:
                 config = R.read_config(run)
