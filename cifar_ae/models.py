@@ -486,15 +486,16 @@ def airbench_block(x, filters, name, dirac=True, **bn):
     return bn_gelu(x, f"{name}_2", **bn)
 
 
-def fast_joint(widths=(64, 256, 256), whiten_channels=24, patch_channels=48, decoder_width=64, bn_momentum=0.6,
-               bn_scale=False, bias_lr_scale=64.0, logit_scale=1 / 9, dirac=True, head_std=None):
+def fast_joint(widths=(64, 256, 256), whiten_channels=24, patch_channels=48, decoder_width=64, decoder_blocks=1,
+               bn_momentum=0.6, bn_scale=False, bias_lr_scale=64.0, logit_scale=1 / 9, dirac=True, head_std=None):
     """v4: airbench94's network (Jordan 2024, arXiv 2404.00498) as a joint model.
 
     A 2x2 patch-whitening conv (`whiten`, initialised from the training images and frozen: Trial.whitening), GELU,
     then airbench's blocks at widths 64 @16 and 256 @8: that (8, 8, 256) map and a linear 4x4 patch path (v3's,
     for the decoder) are the `features` code. The head is airbench's third block @4, a global max-pool and a
     bias-free Dense (glorot init, near airbench94's PyTorch default; `head_std` sets another sd) scaled by 1/9; the decoder
-    is v3's residual one at `decoder_width`. BatchNorm: momentum 0.6 (airbench's `batchnorm_momentum`, which it
+    is v3's residual one at `decoder_width` with `decoder_blocks` residual blocks (0: the 1x1 conv and the linear
+    unpatchify only, which the patch path makes enough to reconstruct). BatchNorm: momentum 0.6 (airbench's `batchnorm_momentum`, which it
     passes to PyTorch as 1 - 0.6, so Keras' 0.6), no learnt scale, biases at `bias_lr_scale` times the learning
     rate (ScaledBias). Convs start as partial identities (`dirac`, airbench's dirac_ init).
     """
@@ -519,7 +520,8 @@ def fast_joint(widths=(64, 256, 256), whiten_channels=24, patch_channels=48, dec
     h = layers.Rescaling(logit_scale, name="head_scale")(h)
     label = layers.Activation("softmax", dtype="float32", name="label")(h)
     r = conv_bn_relu(code, decoder_width, "dec_in", kernel_size=1, bn_momentum=0.9)
-    r = residual_block(r, decoder_width, "dec1_res", 0.9)
+    for i in range(decoder_blocks):
+        r = residual_block(r, decoder_width, f"dec{i + 1}_res", 0.9)
     r = layers.Conv2DTranspose(3, 4, strides=4, activation="sigmoid", name="dec_unpatchify")(r)
     reconstruction = layers.Activation("linear", dtype="float32", name="reconstruction")(r)
     return keras.Model(inputs, {"reconstruction": reconstruction, "label": label}, name="fast_joint")
