@@ -499,6 +499,8 @@ def fast_joint(widths=(64, 256, 256), whiten_channels=24, patch_channels=48, dec
     passes to PyTorch as 1 - 0.6, so Keras' 0.6), no learnt scale, biases at `bias_lr_scale` times the learning
     rate (ScaledBias). Convs start as partial identities (`dirac`, airbench's dirac_ init).
     """
+    if not isinstance(decoder_blocks, int) or isinstance(decoder_blocks, bool) or decoder_blocks < 0:
+        raise ValueError(f"decoder_blocks must be a whole number >= 0 (0: no residual block); got {decoder_blocks!r}.")
     bn = dict(bn_momentum=bn_momentum, bn_scale=bn_scale, bias_lr_scale=bias_lr_scale, dirac=dirac)
     inputs = keras.Input(IMAGE_SHAPE, name="image")
     x = inputs

@@ -50,6 +50,20 @@ def test_crop_tta_averages_shifted_views():
     assert not np.allclose(plain["label"], both["label"]) and np.array_equal(plain["reconstruction"], both["reconstruction"])
 
 
+def test_the_light_decoder_drops_only_the_residual_block_and_its_flops():
+    from cifar_ae.compute import train_flops_per_image
+    full = M.fast_joint(widths=(8, 16, 16), patch_channels=4, decoder_width=8)
+    light = M.fast_joint(widths=(8, 16, 16), patch_channels=4, decoder_width=8, decoder_blocks=0)
+    names = {layer.name for layer in light.layers}
+    assert any(n.startswith("dec1_res") for n in {layer.name for layer in full.layers})
+    assert not any(n.startswith("dec1_res") for n in names) and {"dec_in_conv", "dec_unpatchify"} <= names
+    assert light.output_shape == full.output_shape
+    saved = train_flops_per_image(full) - train_flops_per_image(light)
+    assert saved == 3 * 2 * 2 * (8 * 8 * 3 * 3 * 8 * 8)  # two 3x3 8->8 convs @8, forward + backward
+    with pytest.raises(ValueError, match=r"decoder_blocks must be a whole number >= 0 .*got -1"):
+        M.fast_joint(widths=(8, 16, 16), decoder_blocks=-1)
+
+
 def test_logit_adjustment_divides_out_the_training_prior():
     y_train = np.array([0] * 30 + [1] * 10)  # prior 0.75 / 0.25
     probs = np.array([[0.6, 0.4], [0.8, 0.2]])
