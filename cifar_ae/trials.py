@@ -342,6 +342,12 @@ V4_NARROW = dict(batch_size=256, recon_weight=(40.0, 40.0),
 V4_MID = dict(model_args={"bn_momentum": 0.6, "dirac": True, "widths": (48, 192, 192)},
               presets={"quick": {"epochs": 6}, "full": {"epochs": 14}})  # 0.141 and 0.329 PFLOP on 40,500 images
 
+# the narrow recipe on every training image (no hold-out, last epoch, no partial batch) with the light decoder: its
+# residual block is 4.7 M of the narrow net's 49.7 M multiply-adds an image, and the 10% saved buys 31 epochs in 0.36 PFLOP
+V4_LIGHTDEC = dict(**{**V4_NARROW, **V4_LEAD_CHANGES, "model_args": {**V4_NARROW["model_args"], "decoder_blocks": 0},
+                      "presets": {"quick": {"epochs": 13}, "full": {"epochs": 31}}},
+                   weight_decay=AIRBENCH_WEIGHT_DECAY, learning_rate=0.375, drop_last=True, validation="none")
+
 TRIALS = {t.name: t for t in [
     Trial("v0-mlp-ae", "MLP autoencoder: 768-unit code, BatchNorm'd features.", task="autoencoder",
           model="mlp_autoencoder", presets={"quick": {"epochs": 10}, "full": {"epochs": 50}},
@@ -465,15 +471,20 @@ TRIALS = {t.name: t for t in [
         "recon40-narrow-lookahead-logitadj-wd-lr0.375-droplast trained on all 42,500 images of the imbalanced subset "
         "(no hold-out), keeping its last epoch: the recipe, final.", **{**V4_NARROW, **V4_LEAD_CHANGES},
         weight_decay=AIRBENCH_WEIGHT_DECAY, learning_rate=0.375, drop_last=True, validation="none"),
-    # the decoder's residual block is 4.7 M of the narrow net's 49.7 M multiply-adds an image; the patch path carries the
-    # image to the decoder, so a 1x1 conv and the linear unpatchify may reconstruct as well, and the 10% saved buys
-    # 3 more epochs inside airbench94's 0.36 PFLOP
+    # the patch path carries the image to the decoder, so a 1x1 conv and the linear unpatchify may reconstruct enough
     _v4("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-droplast-alltrain-lightdec", "v4-joint-fast-"
         "b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-droplast-alltrain with no residual block in the decoder "
         "(0.270 GFLOP a training image, not 0.298), so 31 epochs at full (0.356 PFLOP) and 13 at quick (0.149).",
-        **{**V4_NARROW, **V4_LEAD_CHANGES, "model_args": {**V4_NARROW["model_args"], "decoder_blocks": 0},
-           "presets": {"quick": {"epochs": 13}, "full": {"epochs": 31}}},
-        weight_decay=AIRBENCH_WEIGHT_DECAY, learning_rate=0.375, drop_last=True, validation="none"),
+        **V4_LIGHTDEC),
+    # its controls at the same compute (benchmarks/fast.py controls --base <it>): the decoder's loss off, and the
+    # balanced 2,500-per-class set
+    _v4("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-droplast-alltrain-lightdec-norecon",
+        "...-alltrain-lightdec without the decoder's loss (reconstruction weight 0): what reconstructing costs or "
+        "gives the light-decoder recipe.", **{**V4_LIGHTDEC, "loss_weights": {"reconstruction": 0.0, "label": 1.0},
+                                   "recon_weight": None}),
+    _v4("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-droplast-alltrain-lightdec-balanced",
+        "...-alltrain-lightdec on the balanced control set (2,500 per class, all 25,000 images): what the imbalance "
+        "costs the light-decoder recipe.", **V4_LIGHTDEC, train_set="balanced"),
     # the fixed-decay narrow lead ends at 98% training accuracy (labels smoothed, augmented) after 28 epochs; the mid
     # widths (0.580 GFLOP a training image) see each image half as often for the same compute
     _v4("v4-joint-fast-b256-recon40-mid-lookahead-logitadj-wd-lr0.375", "v4-joint-fast-b256-recon40-narrow-lookahead-"
