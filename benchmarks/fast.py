@@ -52,7 +52,8 @@ ABLATIONS = {
     "ema": ("an EMA of the weights (0.99), written in every epoch (off in the baseline)", {"ema_momentum": 0.99}),
 }
 # Each control base has its two control trials registered in cifar_ae/trials.py: <base>-norecon and <base>-balanced
-CONTROL_BASES = ("v4-joint-fast", "v4-joint-fast-b256")
+CONTROL_BASES = ("v4-joint-fast", "v4-joint-fast-b256",
+                 "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-droplast-alltrain-lightdec")
 
 
 def controls_of(base) -> list:
