@@ -495,8 +495,8 @@ def fast_joint(widths=(64, 256, 256), whiten_channels=24, patch_channels=48, dec
     for the decoder) are the `features` code. The head is airbench's third block @4, a global max-pool and a
     bias-free Dense (glorot init, near airbench94's PyTorch default; `head_std` sets another sd) scaled by 1/9; the decoder
     is v3's residual one at `decoder_width` with `decoder_blocks` residual blocks (0: the 1x1 conv and the linear
-    unpatchify only, which the patch path makes enough to reconstruct). BatchNorm: momentum 0.6 (airbench's `batchnorm_momentum`, which it
-    passes to PyTorch as 1 - 0.6, so Keras' 0.6), no learnt scale, biases at `bias_lr_scale` times the learning
+    unpatchify only, which the patch path makes enough to reconstruct). BatchNorm: momentum 0.6 (airbench's
+    `batchnorm_momentum`, which it passes to PyTorch as 1 - 0.6, so Keras' 0.6), no learnt scale, biases at `bias_lr_scale` times the learning
     rate (ScaledBias). Convs start as partial identities (`dirac`, airbench's dirac_ init).
     """
     if not isinstance(decoder_blocks, int) or isinstance(decoder_blocks, bool) or decoder_blocks < 0:
