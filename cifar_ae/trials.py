@@ -342,11 +342,12 @@ V4_NARROW = dict(batch_size=256, recon_weight=(40.0, 40.0),
 V4_MID = dict(model_args={"bn_momentum": 0.6, "dirac": True, "widths": (48, 192, 192)},
               presets={"quick": {"epochs": 6}, "full": {"epochs": 14}})  # 0.141 and 0.329 PFLOP on 40,500 images
 
-# the narrow recipe on every training image (no hold-out, last epoch, no partial batch) with the light decoder: its
-# residual block is 4.7 M of the narrow net's 49.7 M multiply-adds an image, and the 10% saved buys 31 epochs in 0.36 PFLOP
-V4_LIGHTDEC = dict(**{**V4_NARROW, **V4_LEAD_CHANGES, "model_args": {**V4_NARROW["model_args"], "decoder_blocks": 0},
-                      "presets": {"quick": {"epochs": 13}, "full": {"epochs": 31}}},
-                   weight_decay=AIRBENCH_WEIGHT_DECAY, learning_rate=0.375, drop_last=True, validation="none")
+# the narrow recipe on every training image (no hold-out, last epoch, no partial batch); then the light decoder: the
+# residual block it drops is 4.7 M of 49.7 M multiply-adds an image, and the 10% saved buys 31 epochs in 0.36 PFLOP
+V4_ALLTRAIN = {**V4_NARROW, **V4_LEAD_CHANGES, "weight_decay": AIRBENCH_WEIGHT_DECAY, "learning_rate": 0.375,
+               "drop_last": True, "validation": "none"}
+V4_LIGHTDEC = {**V4_ALLTRAIN, "model_args": {**V4_NARROW["model_args"], "decoder_blocks": 0},
+               "presets": {"quick": {"epochs": 13}, "full": {"epochs": 31}}}
 
 TRIALS = {t.name: t for t in [
     Trial("v0-mlp-ae", "MLP autoencoder: 768-unit code, BatchNorm'd features.", task="autoencoder",
@@ -469,8 +470,7 @@ TRIALS = {t.name: t for t in [
     # (every full narrow run's best validation epoch was its 27th or 28th), it sees 5% more images: 0.355 PFLOP
     _v4("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-droplast-alltrain", "v4-joint-fast-b256-"
         "recon40-narrow-lookahead-logitadj-wd-lr0.375-droplast trained on all 42,500 images of the imbalanced subset "
-        "(no hold-out), keeping its last epoch: the recipe, final.", **{**V4_NARROW, **V4_LEAD_CHANGES},
-        weight_decay=AIRBENCH_WEIGHT_DECAY, learning_rate=0.375, drop_last=True, validation="none"),
+        "(no hold-out), keeping its last epoch: the recipe, final.", **V4_ALLTRAIN),
     # the patch path carries the image to the decoder, so a 1x1 conv and the linear unpatchify may reconstruct enough
     _v4("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-droplast-alltrain-lightdec", "v4-joint-fast-"
         "b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-droplast-alltrain with no residual block in the decoder "
