@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .trials import V3_AUGMENTATION
+V3_AUGMENTATION = {"policy": None, "flip": True, "translate": 4, "cutout": 8}
 
 # row -> (what changes, Trial field overrides); "baseline" is the trial as defined in cifar_ae/trials.py
 ABLATIONS = {

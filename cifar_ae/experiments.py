@@ -1,88 +1,279 @@
-"""Experiments as data: rows of Trial changes against one base trial, each row a `run_trial` into <root>/<row>/
-(variant = the row's name), and every table built from those run folders only. The ablation, the encoder-block
-comparison and the augmentation comparison are such loops (benchmarks/).
+"""Experiments as data: a TOML file per line of research (experiments/*.toml), one runner, tables from run folders.
+
+A file names a base trial, a preset, seeds and named rows. A row is Trial changes on top of its parent (another
+row of the file, ``"<file>:<row>"`` for a row of another file, or a registered trial; the file's base by default),
+with a one-line ``why``. Every row is built and validated as a Trial when the file is read, before anything trains.
+
+    python -m cifar_ae experiment experiments/v4.toml [--rows A B] [--seeds 0 1 2] [--preset P] [--commands]
+
+Each run lives in ``<runs>/<experiment>/<row>/<preset>-s<seed>``; its identity (the key) and resume are run_trial's,
+so a complete run with the same key is reused and a killed one resumes. TOML has no null: the string "None" stands
+for Python's None wherever a change is written.
 """
 from __future__ import annotations
 
 import csv
 import json
-import shutil
+import math
+import shlex
 import statistics
-import subprocess
-import time
+import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .data import CLASS_NAMES, STUDY_REDUCED_CLASSES
-from .runs import named_folder
+from .trials import PRESETS, TRIALS, Trial, TrialError, check_epochs, check_name, check_seed
 
-SMALL_FILES = ("config.json", "history.csv", "metrics.json")
-
-
-def run_row(base, row, changes, preset, seed, epochs, root, verbose=2) -> Path:
-    from .training import run_trial  # imports keras: not needed to build tables
-    return run_trial(base, preset, seed, Path(root) / row, epochs=epochs, verbose=verbose, variant=row, **changes)
-
-
-def find_run(root, trial, preset, seed, row) -> Path | None:
-    """The complete run of a row: <root>/<row>/<trial>/<preset>-s<seed>-<row>, or None."""
-    run = named_folder(Path(root) / row, trial, preset, seed, row)
-    return run if (run / "metrics.json").is_file() else None
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+FILE_KEYS = {"description": str, "base": str, "preset": str, "seeds": list, "epochs": int, "pflops": float,
+             "test_every_epoch": bool, "goals": list, "rows": dict, "named": list}
+ROW_KEYS = {"why": str, "changes": dict, "parent": str, "epochs": int, "formerly": str}
+GOAL_KEYS = {"name": str, "pflops": float, "test_accuracy": float, "recon_mse": float, "seeds": int}
+MERGED_FIELDS = ("model_args", "presets")  # a row's changes merge into these dicts; every other field is replaced
 
 
-def keep(run, runs_root, dest_root) -> Path:
-    """Copy a run's small files (and figures) to dest_root, keeping its path below runs_root."""
-    run = Path(run)
-    dest = Path(dest_root) / run.relative_to(runs_root)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in SMALL_FILES:
-        if (run / name).is_file():
-            shutil.copy2(run / name, dest / name)
-    if (run / "figures").is_dir():
-        shutil.copytree(run / "figures", dest / "figures", dirs_exist_ok=True)
-    return dest
+class ExperimentError(TrialError):
+    """An experiment file or row is invalid; the message names the file, the row and the fix."""
 
 
-def commit(paths, message, repo=None) -> bool:
-    """Commit only these paths (other staged or unstaged work is left alone); retried if git is busy. A long loop
-    calls this as each run finishes, so a killed session keeps what it measured. The repository is the one that
-    holds the paths (not the one the package was imported from: an editable install may point elsewhere)."""
-    paths = [Path(p).resolve() for p in paths]
-    if repo is None:
-        top = subprocess.run(["git", "-C", str(paths[0].parent), "rev-parse", "--show-toplevel"],
-                             capture_output=True, text=True)
-        if top.returncode != 0:
-            print(f"could not commit {paths[0]}: it is not inside a git repository", flush=True)
-            return False
-        repo = top.stdout.strip()
-    repo = Path(repo).resolve()
-    rel = [str(p.relative_to(repo)) for p in paths]
-    for attempt in range(5):
-        add = subprocess.run(["git", "-C", str(repo), "add", "--", *rel], capture_output=True, text=True)
-        unchanged = add.returncode == 0 and subprocess.run(
-            ["git", "-C", str(repo), "diff", "--cached", "--quiet", "--", *rel]).returncode == 0
-        if unchanged:  # a resumed loop meets runs it already committed
-            return True
-        done = add.returncode == 0 and subprocess.run(
-            ["git", "-C", str(repo), "commit", "-q", "-m", message, "--", *rel], capture_output=True, text=True
-        ).returncode == 0
-        if done:
-            return True
-        time.sleep(5 * (attempt + 1))
-    print(f"could not commit {rel}; commit them by hand", flush=True)
-    return False
+@dataclass(frozen=True)
+class Row:
+    name: str
+    trial: Trial
+    why: str
+    parent: str
+    epochs: int | None = None
+    formerly: str | None = None
+    changes: dict = field(default_factory=dict)
 
 
-def keeper(runs_root, keep_root, commit_each, label):
-    """run -> run: copies each finished run's small files to keep_root (if given) and, with commit_each, commits
-    them at once ("results: <label>, <row> seed <s>")."""
-    def done(run):
-        if keep_root:
-            kept = keep(run, runs_root, keep_root)
-            if commit_each:
-                commit([kept], f"results: {label}, {Path(run).name}")
-        return run
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    path: Path
+    description: str
+    base: str
+    preset: str
+    seeds: tuple
+    rows: dict
+    epochs: int | None = None
+    pflops: float | None = None
+    test_every_epoch: bool = False
+    goals: tuple = ()
+    named: tuple = ()  # rows a figure keeps in colour (the rest are grey)
+
+    def folder(self, runs_root, row, preset, seed) -> Path:
+        return Path(runs_root) / self.name / row / f"{preset}-s{seed}"
+
+
+def _none(value):
+    """TOML's stand-in for None ("None") back to None, in nested dicts and lists too."""
+    if value == "None":
+        return None
+    if isinstance(value, dict):
+        return {k: _none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_none(v) for v in value]
+    return value
+
+
+def _check_keys(where, table, allowed):
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise ExperimentError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(allowed)}.")
+    for key, kind in allowed.items():
+        value = table.get(key)
+        ok = kind is float and isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is not None and not ok and not (isinstance(value, kind) and not (kind is int and isinstance(value, bool))):
+            raise ExperimentError(f"{where}: {key} must be a {kind.__name__}; got {value!r}.")
+
+
+def apply_changes(trial: Trial, name: str, description: str, changes: dict) -> Trial:
+    """`trial` renamed, with `changes` applied: model_args and each preset's settings merged, the rest replaced."""
+    merged = dict(changes)
+    fixed = sorted({"name", "description", "study"} & set(merged))
+    if fixed:
+        raise TrialError(f"{fixed[0]!r} is not a change a row can make (a row's name is its table key, its "
+                         "description its why); remove it from changes.")
+    if isinstance(merged.get("model_args"), dict):
+        merged["model_args"] = {**trial.model_args, **merged["model_args"]}
+    if isinstance(merged.get("presets"), dict):
+        merged["presets"] = {**trial.presets, **{p: {**trial.presets.get(p, {}), **s} if isinstance(s, dict) else s
+                                                 for p, s in merged["presets"].items()}}
+    return trial.replace(name=name, description=description, **merged)
+
+
+def load_experiment(path, _loading=()) -> Experiment:
+    """Read, validate and build every row of an experiment file; errors name the file, the row and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExperimentError(f"{path}: no such experiment file; the files are in {EXPERIMENTS_DIR} "
+                              f"({', '.join(p.name for p in sorted(EXPERIMENTS_DIR.glob('*.toml')))}).")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ExperimentError(f"{path}: not valid TOML ({e}); fix the file's syntax.") from None
+    _check_keys(str(path), data, FILE_KEYS)
+    for key in ("description", "base", "preset", "seeds", "rows"):
+        if key not in data:
+            raise ExperimentError(f"{path}: missing {key!r}; every experiment names a description, a base trial, "
+                                  "a preset, seeds and rows.")
+    name = check_name(path.stem, "experiment")
+    if data["preset"] not in PRESETS:
+        raise ExperimentError(f"{path}: unknown preset {data['preset']!r}; valid presets: {', '.join(PRESETS)}.")
+    try:
+        seeds = tuple(check_seed(s) for s in data["seeds"])
+        if data.get("epochs") is not None:
+            check_epochs(data["epochs"])
+    except TrialError as e:
+        raise ExperimentError(f"{path}: {e}") from None
+    if data.get("epochs") is not None and data.get("pflops") is not None:
+        raise ExperimentError(f"{path}: give epochs or pflops, not both.")
+    goals = []
+    for i, goal in enumerate(data.get("goals", [])):
+        _check_keys(f"{path}: goals[{i}]", goal if isinstance(goal, dict) else {"?": goal}, GOAL_KEYS)
+        goals.append(goal)
+    rows, raw = {}, data["rows"]
+    loading = (*_loading, path.resolve())
+
+    def build(row_name, chain=()):
+        if row_name in rows:
+            return rows[row_name]
+        where = f"{path}: row {row_name!r}"
+        if row_name in chain:
+            raise ExperimentError(f"{where}: its parents loop ({' -> '.join([*chain, row_name])}); break the loop.")
+        table = raw[row_name]
+        if not isinstance(table, dict):
+            raise ExperimentError(f"{where}: must be a table with why = ... and changes = {{...}}.")
+        _check_keys(where, table, ROW_KEYS)
+        check_name(row_name, "row")
+        if not table.get("why"):
+            raise ExperimentError(f"{where}: needs a one-line why = \"...\" (what the row tests).")
+        parent = table.get("parent", data["base"])
+        trial = parent_trial(parent, raw, build, chain + (row_name,), where, loading)
+        changes = _none(table.get("changes", {}))
+        try:
+            built = apply_changes(trial, f"{name}.{row_name}", table["why"], changes)
+            epochs = table.get("epochs", data.get("epochs"))
+            if epochs is not None:
+                check_epochs(epochs)
+        except TrialError as e:
+            raise ExperimentError(f"{where}: {str(e).replace(repr(f'{name}.{row_name}'), 'this row')} "
+                                  f"Fix its changes.") from None
+        rows[row_name] = Row(row_name, built, table["why"], parent, epochs, table.get("formerly"), changes)
+        return rows[row_name]
+
+    for row_name in raw:
+        build(row_name)
+    named = tuple(data.get("named", ()))
+    unknown = [r for r in named if r not in rows]
+    if unknown:
+        raise ExperimentError(f"{path}: named row {unknown[0]!r} is not a row; valid rows: {', '.join(rows)}.")
+    return Experiment(name, path, data["description"], data["base"], data["preset"], seeds,
+                      {r: rows[r] for r in raw}, data.get("epochs"), data.get("pflops"),
+                      bool(data.get("test_every_epoch", False)), tuple(goals), named)
+
+
+def parent_trial(parent, raw, build, chain, where, loading) -> Trial:
+    """The Trial a row starts from: a row of this file, "<file>:<row>" (a row of experiments/<file>.toml) or a
+    registered trial."""
+    if parent in raw:
+        return build(parent, chain).trial
+    if ":" in parent:
+        stem, _, row = parent.partition(":")
+        other = EXPERIMENTS_DIR / f"{stem}.toml"
+        if other.resolve() in loading:
+            raise ExperimentError(f"{where}: parent {parent!r} refers back to a file being read; break the loop.")
+        experiment = load_experiment(other, loading)
+        if row not in experiment.rows:
+            raise ExperimentError(f"{where}: parent {parent!r}: {other.name} has no row {row!r}; its rows: "
+                                  f"{', '.join(experiment.rows)}.")
+        return experiment.rows[row].trial
+    if parent in TRIALS:
+        return TRIALS[parent]
+    import difflib
+    close = difflib.get_close_matches(parent, [*raw, *TRIALS], n=3)
+    raise ExperimentError(f"{where}: parent {parent!r} is neither a row of this file nor a registered trial"
+                          + (f"; did you mean {', '.join(close)}?" if close else f"; registered: {', '.join(TRIALS)}."))
+
+
+def all_experiments() -> dict:
+    return {p.stem: load_experiment(p) for p in sorted(EXPERIMENTS_DIR.glob("*.toml"))}
+
+
+def select(experiment, rows=None) -> list:
+    unknown = [r for r in rows or [] if r not in experiment.rows]
+    if unknown:
+        import difflib
+        close = difflib.get_close_matches(unknown[0], list(experiment.rows), n=3)
+        raise ExperimentError(f"{experiment.path}: no row {unknown[0]!r}" +
+                              (f"; did you mean {', '.join(close)}?" if close else f"; rows: {', '.join(experiment.rows)}."))
+    return list(rows or experiment.rows)
+
+
+def row_epochs(experiment, row, preset, seed) -> int | None:
+    """The epochs a row runs: its own or the file's, or the epochs that fit the file's compute budget (pflops)."""
+    if row.epochs is not None or experiment.pflops is None:
+        return row.epochs
+    from .training import plan_data_size, trial_flops
+    images = plan_data_size(row.trial, preset, seed)
+    return max(1, math.floor(experiment.pflops * 1e15 / (trial_flops(row.trial) * images)))
+
+
+def missing(experiment, rows, seeds, preset, runs_root) -> list:
+    """(row, seed) pairs without a complete run folder."""
+    from .training import is_complete
+    return [(r, s) for r in rows for s in seeds if not is_complete(experiment.folder(runs_root, r, preset, s))]
+
+
+def commands(experiment, rows, seeds, preset, runs_root) -> list:
+    """One shell command per missing run: for a scheduler (a SLURM array, GNU parallel, xargs -P) on machines that
+    share the runs root; the run lock refuses a second writer."""
+    return [f"python -m cifar_ae experiment {shlex.quote(str(experiment.path))} --rows {shlex.quote(r)} --seeds {s} "
+            f"--preset {preset} --runs {shlex.quote(str(runs_root))}"
+            for r, s in missing(experiment, rows, seeds, preset, runs_root)]
+
+
+def run_experiment(experiment, rows=None, seeds=None, preset=None, runs_root="runs", verbose=2) -> list:
+    """Train what is missing, one run at a time (complete runs are reused by key); returns the run folders."""
+    from .training import run_trial
+    rows, seeds, preset = select(experiment, rows), seeds or experiment.seeds, preset or experiment.preset
+    done = []
+    for row_name in rows:
+        row = experiment.rows[row_name]
+        for seed in seeds:
+            callbacks = [test_every_epoch_callback()] if experiment.test_every_epoch else []
+            print(f"[{experiment.name}] {row_name} {preset} seed {seed}", flush=True)
+            done.append(run_trial(row.trial, preset, seed, runs_root, epochs=row_epochs(experiment, row, preset, seed),
+                                  callbacks=callbacks, verbose=verbose,
+                                  folder=experiment.folder(runs_root, row_name, preset, seed)))
     return done
 
+
+def test_every_epoch_callback():
+    """A callback that scores the full test set after every epoch into history.csv (test_accuracy, test_recon_mse):
+    the accuracy-against-compute curve, for reporting only (the kept model is chosen on validation)."""
+    import keras
+    import numpy as np
+    from .data import load_cifar10
+
+    class TestEveryEpoch(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            data = load_cifar10()
+            self.x, self.y = data.x_test.astype(np.float32) / 255.0, data.y_test
+
+        def on_epoch_end(self, epoch, logs=None):
+            out = self.model.predict(self.x, batch_size=512, verbose=0)
+            probs = out["label"] if isinstance(out, dict) else out
+            if logs is not None:
+                logs["test_accuracy"] = float(np.mean(probs.argmax(1) == self.y))
+                if isinstance(out, dict) and "reconstruction" in out:
+                    logs["test_recon_mse"] = float(np.mean((out["reconstruction"] - self.x) ** 2))
+
+    return TestEveryEpoch()
+
+
+# --------------------------------------------------------------------------- tables, from run folders only
 
 def _history_column(run, key):
     path = Path(run) / "history.csv"
@@ -98,15 +289,16 @@ def record(run) -> dict:
     config = json.loads((Path(run) / "config.json").read_text())
     seconds = _history_column(run, "train_seconds")
     speed = [config["train_images"] / s for s in seconds if s > 0]
-    val = _history_column(run, "val_label_accuracy")
+    val = _history_column(run, "val_label_accuracy") or _history_column(run, "val_accuracy")
     return {"run": str(run), "seed": m.get("seed"), "test_accuracy": m.get("test_accuracy"),
-            "val_accuracy": max(val) if val else None,  # the best epoch's: what loops choose rows by, not test
+            "val_accuracy": max(val) if val else None,  # the best epoch's: what rows are chosen by, not test
             "recall": {c: v["recall"] for c, v in m.get("per_class", {}).items()}, "recon_mse": m.get("recon_mse"),
             "epochs": m.get("epochs"), "train_pflops": m.get("train_pflops"), "params": m.get("params"),
             "train_gflops_per_image": None if config.get("train_flops_per_image") is None
             else config["train_flops_per_image"] / 1e9,
             "images_per_second": round(statistics.median(speed), 1) if speed else None,
-            "precision": config.get("precision"),
+            "precision": config.get("precision"), "machine": config.get("machine"),
+            "code_version": config.get("code_version"),
             # a logit-adjusted run's validation evidence (eval-only, so the per-epoch val curve cannot show it)
             "val_balanced_accuracy": m.get("val_balanced_accuracy"),
             "val_balanced_accuracy_without_logit_adjustment": m.get("val_balanced_accuracy_without_logit_adjustment")}
@@ -131,22 +323,6 @@ def summarize(records) -> dict:
     return out
 
 
-def by_validation(found) -> list:
-    """Row names, best validation accuracy first: loops pick rows (cutout's base, second seeds) by this, so the
-    test set is scored, never chosen on."""
-    return sorted(found, key=lambda r: -(found[r].get("val_accuracy") or 0.0))
-
-
-def collect(root, trial, preset, rows, seeds) -> dict:
-    """row -> summary over the seeds that have a complete run (rows without any are left out)."""
-    found = {}
-    for row in rows:
-        recs = [record(run) for seed in seeds if (run := find_run(root, trial, preset, seed, row))]
-        if recs:
-            found[row] = summarize(recs)
-    return found
-
-
 def pct(v, sd=None):
     if v is None:
         return ""
@@ -159,17 +335,70 @@ def reduced_recall(summary) -> str:
                       if summary["recall"].get(c) is not None)
 
 
-def write_table(output, title, command, note, body, record, commit_message=None) -> None:
-    """A generated table: <output>.md (title, the command that made it, a note, the body) and <output>.json
-    (record plus the command), each written atomically; the markdown is printed too. With commit_message, both
-    files are committed."""
-    from .evaluate import write_json_atomic, write_text_atomic
-    output = Path(output)
-    text = f"# {title}\n\nGenerated by `{command}` from run folders. {note}\n\n{body}"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(output.with_suffix(".md"), text)
-    write_json_atomic(output.with_suffix(".json"), {"command": command, **record})
-    print(text)
-    if commit_message:
-        commit([output.with_suffix(".md"), output.with_suffix(".json")], commit_message)
+def goal_verdict(goals, s) -> str:
+    """The tightest goal whose budget this row fits: met, or how far short (test accuracy, MSE, seeds)."""
+    goal = next((g for g in sorted(goals, key=lambda g: g["pflops"]) if s["train_pflops"] <= g["pflops"] + 1e-9), None)
+    if goal is None:
+        return f"over every goal's budget ({max(g['pflops'] for g in goals)} PFLOP)"
+    short = []
+    if s["test_accuracy"] < goal["test_accuracy"]:
+        short.append(f"{100 * (goal['test_accuracy'] - s['test_accuracy']):.2f} pt short")
+    if "recon_mse" in goal and (s["recon_mse"] is None or s["recon_mse"] > goal["recon_mse"]):
+        short.append(f"MSE over {goal['recon_mse']}")
+    if len(s["seeds"]) < goal.get("seeds", 1):
+        short.append(f"{len(s['seeds'])} of {goal['seeds']} seeds")
+    return f"{goal['name']}: " + ("**met**" if not short else ", ".join(short))
 
+
+def collect(experiment, runs_root, preset=None) -> list:
+    """(row, preset, summary) for every row and preset with complete runs, in the file's row order."""
+    from .training import is_complete
+    found = []
+    for row_name in experiment.rows:
+        folder = Path(runs_root) / experiment.name / row_name
+        presets = [preset] if preset else sorted({p.name.rsplit("-s", 1)[0] for p in folder.glob("*-s*")},
+                                                 key=list(PRESETS).index)
+        for p in presets:
+            runs = sorted((run for run in folder.glob(f"{p}-s*") if run.name[len(p) + 2:].isdigit() and is_complete(run)),
+                          key=lambda run: int(run.name[len(p) + 2:]))
+            if runs:
+                found.append((row_name, p, summarize([record(run) for run in runs])))
+    return found
+
+
+def table(experiment, runs_root, preset=None, command=None) -> tuple[str, dict]:
+    """The experiment's table (Markdown) and its record (JSON), from run folders only."""
+    found = collect(experiment, runs_root, preset)
+    goals = experiment.goals
+    lines = ["| row | preset | seeds | epochs | PFLOP | val acc (best epoch) | test acc | recon MSE | "
+             "bird / deer / truck recall |" + (" goal |" if goals else "") + " why |",
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if goals else "") + "---|"]
+    rows = []
+    for row_name, preset_name, s in found:
+        row = experiment.rows[row_name]
+        verdict = goal_verdict(goals, s) if goals else None
+        mse = "" if s["recon_mse"] is None else f"{s['recon_mse']:.5f}"
+        pflops = "" if s["train_pflops"] is None else f"{s['train_pflops']:.3f}"
+        lines.append(f"| {row_name} | {preset_name} | {', '.join(map(str, s['seeds']))} | {s['epochs']} | {pflops} | "
+                     f"{pct(s['val_accuracy'], s['val_accuracy_sd'])} | {pct(s['test_accuracy'], s['test_accuracy_sd'])} "
+                     f"| {mse} | {reduced_recall(s)} |" + (f" {verdict} |" if goals else "") + f" {row.why} |")
+        rows.append({"row": row_name, "preset": preset_name, "why": row.why, "parent": row.parent,
+                     "formerly": row.formerly, "goal": verdict, **s})
+    command = command or f"python -m cifar_ae experiment experiments/{experiment.name}.toml --table-only"
+    text = (f"# {experiment.name}: {experiment.description}\n\nGenerated by `{command}` from run folders "
+            f"({sum(len(r['seeds']) for r in rows)} runs). Validation is the 2,000 held-out training images (none for "
+            "rows trained on every image); choose on it, not on test. Test accuracy is the full 10,000-image test set, "
+            "mean ± sd over seeds.\n\n" + "\n".join(lines) + "\n")
+    return text, {"experiment": experiment.name, "file": f"experiments/{experiment.name}.toml", "command": command,
+                  "goals": list(goals), "rows": rows}
+
+
+def write_table(experiment, runs_root, output_dir, preset=None, command=None) -> Path:
+    """<output_dir>/<experiment>.md and .json, each written atomically; returns the .md path."""
+    from .evaluate import write_json_atomic, write_text_atomic
+    text, result = table(experiment, runs_root, preset, command)
+    output = Path(output_dir) / f"{experiment.name}.md"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(output, text)
+    write_json_atomic(output.with_suffix(".json"), result)
+    return output

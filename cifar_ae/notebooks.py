@@ -222,7 +222,7 @@ def model_summary(trial, preset, seed, runs, upstream=None, **changes):
     upstream_dir = None
     if t.upstream is not None:
         upstream_dir = run_trial(upstream if upstream is not None else t.upstream, preset, seed, runs, verbose=0)
-    model, upstream = build_model(t, preset, seed, runs, upstream_dir=upstream_dir)
+    model, upstream = build_model(t, upstream_dir)
     if upstream:
         print(f"frozen encoder from {upstream}")
     model.summary(line_length=110)

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import keras
 
-from . import compute as C, data as D, evaluate as E, hardware as H, memory, models as M, plots as P, resume as S, \
-    runs as R, tricks as T
+from . import compute, evaluate, hardware, memory, models, plots, resume, runs, tricks
 from .batches import ArrayBatches, steps_per_epoch
+from .data import class_index, fit_scaling, load_cifar10, make_balanced, make_imbalanced, sample_weights, train_val_split
 from .optim import LR_SCHEDULES, OPTIMIZERS
 from .runinfo import command_line
 from .trials import Trial, TrialError, check_epochs, check_seed, get_trial
@@ -60,15 +60,15 @@ def _take(x, y, n, seed):
 
 def prepare_data(trial, settings, seed, source=None) -> dict:
     """Training subset, validation split and test set for one run, as uint8 images and int labels."""
-    d = D.load_cifar10(source)
+    d = load_cifar10(source)
     if trial.train_set == "imbalanced":
-        x, y, _ = D.make_imbalanced(d.x_train, d.y_train, d.train_files)
+        x, y, _ = make_imbalanced(d.x_train, d.y_train, d.train_files)
     elif trial.train_set == "balanced":
-        x, y, _ = D.make_balanced(d.x_train, d.y_train)
+        x, y, _ = make_balanced(d.x_train, d.y_train)
     else:  # "full" (Trial validates the field)
         x, y = d.x_train, d.y_train
     if trial.train_classes:  # training (and hold-out) images of these classes only; the test set stays whole
-        keep = np.isin(y, [D.class_index(c) for c in trial.train_classes])
+        keep = np.isin(y, [class_index(c) for c in trial.train_classes])
         x, y = x[keep], y[keep]
     x_test, y_test = _take(d.x_test, d.y_test, settings["test_images"], seed)
     if trial.validation == "test":  # the study's choice: validation curves on (a slice of) the test set
@@ -76,10 +76,15 @@ def prepare_data(trial, settings, seed, source=None) -> dict:
     elif trial.validation == "none":  # every training image trains; the run keeps its last epoch
         x_val, y_val = x[:0], y[:0]
     else:
-        (x, y), (x_val, y_val) = D.train_val_split(x, y, val_fraction=settings["val_images"] / len(y), seed=seed)
+        (x, y), (x_val, y_val) = train_val_split(x, y, val_fraction=settings["val_images"] / len(y), seed=seed)
     x, y = _take(x, y, settings["train_images"], seed)
     return dict(x_train=x, y_train=y, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test,
                 class_names=list(d.class_names), source=d.source, source_digest=d.digest)
+
+
+def plan_data_size(trial, preset, seed) -> int:
+    """How many training images a run of `trial` at `preset` trains on (for epochs from a compute budget)."""
+    return len(prepare_data(trial, trial.settings(preset), seed)["y_train"])
 
 
 def data_identity(data) -> dict:
@@ -107,15 +112,15 @@ def resolve_trial(trial, **changes) -> Trial:
 
 def builder_defaults(model: str) -> dict:
     """A builder's keyword arguments and their defaults (model_args equal to these name the same model)."""
-    return {n: p.default for n, p in inspect.signature(M.BUILDERS[model]).parameters.items()
+    return {n: p.default for n, p in inspect.signature(models.BUILDERS[model]).parameters.items()
             if p.default is not inspect.Parameter.empty}
 
 
 def builder_source(model: str) -> str | None:
     """For a builder defined outside cifar_ae.models (e.g. in a notebook cell): a digest of its source code (or,
     without one, of its compiled code), so that editing the function makes a new run. None for the package's own."""
-    fn = M.BUILDERS[model]
-    if getattr(fn, "__module__", None) == M.__name__:
+    fn = models.BUILDERS[model]
+    if getattr(fn, "__module__", None) == models.__name__:
         return None
     try:
         text = inspect.getsource(fn)
@@ -127,9 +132,9 @@ def builder_source(model: str) -> str | None:
 
 def check_buildable(trial: Trial) -> None:
     """The builder exists and takes the trial's model_args; a classifier's upstream is an autoencoder trial."""
-    if trial.model not in M.BUILDERS:
-        raise TrialError(f"trial '{trial.name}': unknown model '{trial.model}'; valid builders: {', '.join(M.BUILDERS)}.")
-    params = inspect.signature(M.BUILDERS[trial.model]).parameters
+    if trial.model not in models.BUILDERS:
+        raise TrialError(f"trial '{trial.name}': unknown model '{trial.model}'; valid builders: {', '.join(models.BUILDERS)}.")
+    params = inspect.signature(models.BUILDERS[trial.model]).parameters
     accepted = [p for p in params if p != "encoder"]
     unknown = sorted(set(trial.model_args) - set(accepted))
     if unknown:
@@ -143,11 +148,11 @@ def check_buildable(trial: Trial) -> None:
         raise TrialError(f"trial '{trial.name}': upstream '{trial.upstream}' is not an autoencoder trial.")
     if trial.momentum is not None and trial.optimizer != "sgd":
         raise TrialError(f"trial '{trial.name}': momentum applies to optimizer='sgd' only; got optimizer={trial.optimizer!r}.")
-    if trial.whitening and "whiten_channels" not in inspect.signature(M.BUILDERS[trial.model]).parameters:
+    if trial.whitening and "whiten_channels" not in inspect.signature(models.BUILDERS[trial.model]).parameters:
         raise TrialError(f"trial '{trial.name}': whitening=True needs a builder with a `whiten` layer (fast_joint); "
                          f"{trial.model} has none.")
     if trial.weight_decay_skip and trial.upstream is None:
-        names = [layer.name for layer in M.BUILDERS[trial.model](**trial.model_args).layers]
+        names = [layer.name for layer in models.BUILDERS[trial.model](**trial.model_args).layers]
         unmatched = [p for p in trial.weight_decay_skip if not any(n.startswith(p) for n in names)]
         if unmatched:
             raise TrialError(f"trial '{trial.name}': weight_decay_skip prefixes {unmatched} match no layer of "
@@ -156,15 +161,17 @@ def check_buildable(trial: Trial) -> None:
         raise TrialError("strategy 'mirrored' needs the TensorFlow backend (KERAS_BACKEND=tensorflow).")
 
 
-def build_model(trial, preset, seed, out_dir=None, verbose="auto", upstream_dir=None):
-    """The trial's model; a classifier on an upstream encoder first makes sure that autoencoder run exists."""
-    builder = M.BUILDERS[trial.model]
+def build_model(trial, upstream_dir=None):
+    """The trial's model; a classifier on frozen features reads its upstream autoencoder from upstream_dir (a
+    complete run folder: run_trial trains or reuses it first)."""
+    builder = models.BUILDERS[trial.model]
     if trial.upstream is None:
         return builder(**trial.model_args), None
     if upstream_dir is None:
-        upstream_dir = run_trial(trial.upstream, preset, seed, out_dir, verbose=verbose)
+        raise TrialError(f"trial '{trial.name}' reads the frozen encoder of '{trial.upstream}': pass its run folder "
+                         "as upstream_dir (run_trial trains or reuses it first).")
     ae = keras.saving.load_model(Path(upstream_dir) / "model.keras", safe_mode=True, compile=False)
-    encoder = M.encoder_of(ae, trial.feature_layer)
+    encoder = models.encoder_of(ae, trial.feature_layer)
     encoder.trainable = False  # frozen features, as in the study
     return builder(encoder, **trial.model_args), str(upstream_dir)
 
@@ -172,19 +179,19 @@ def build_model(trial, preset, seed, out_dir=None, verbose="auto", upstream_dir=
 def trial_flops(trial) -> int:
     """Training FLOPs per image of a trial's model (cifar_ae.compute), built fresh: a classifier on frozen
     features gets an untrained copy of its upstream encoder, which costs the same."""
-    builder = M.BUILDERS[trial.model]
+    builder = models.BUILDERS[trial.model]
     if trial.upstream is None:
         model = builder(**trial.model_args)
     else:
         up = get_trial(trial.upstream)
-        encoder = M.encoder_of(M.BUILDERS[up.model](**up.model_args), trial.feature_layer)
+        encoder = models.encoder_of(models.BUILDERS[up.model](**up.model_args), trial.feature_layer)
         encoder.trainable = False
         model = builder(encoder, **trial.model_args)
-    return C.train_flops_per_image(model)
+    return compute.train_flops_per_image(model)
 
 
 def label_loss(trial):
-    return T.SmoothedSparseCE(trial.label_smoothing) if trial.label_smoothing else "sparse_categorical_crossentropy"
+    return tricks.SmoothedSparseCE(trial.label_smoothing) if trial.label_smoothing else "sparse_categorical_crossentropy"
 
 
 def compile_model(model, trial, steps_per_epoch=None):
@@ -199,7 +206,7 @@ def compile_model(model, trial, steps_per_epoch=None):
     elif trial.task == "classifier":
         model.compile(optimizer, loss=label_loss(trial), metrics=["accuracy"])
     else:  # "joint"
-        recon = T.WeightedMSE(trial.recon_weight[0]) if trial.recon_weight else "mse"
+        recon = tricks.WeightedMSE(trial.recon_weight[0]) if trial.recon_weight else "mse"
         model.compile(optimizer, loss={"reconstruction": recon, "label": label_loss(trial)},
                       loss_weights=trial.loss_weights, metrics={"reconstruction": ["mse"], "label": ["accuracy"]})
     return model
@@ -248,8 +255,8 @@ def _batches(trial, data, settings, seed, train: bool, batch_size=None):
         from augment import make_augmenter
         transform = make_augmenter(trial.augmentation)
     if trial.class_weight and trial.task != "autoencoder":
-        sample_weight = D.sample_weights(data["y_train"], trial.class_weight)
-    workers = H.usable_cores() if transform is not None else 1
+        sample_weight = sample_weights(data["y_train"], trial.class_weight)
+    workers = hardware.usable_cores() if transform is not None else 1
     # threads, not processes: the augmenter's numpy kernels and Pillow release the GIL, and threads skip
     # pickling every batch (benchmarks/augment_throughput.py: 1.3-1.5x the throughput of 2 processes)
     return ArrayBatches(data["x_train"], data["y_train"], batch_size=batch_size or trial.batch_size, targets=targets,
@@ -274,22 +281,23 @@ class RunPlan:
 
 
 def plan_run(trial, preset="quick", seed=0, out_dir=None, epochs=None, variant=None, source=None, upstream=None,
-             upstream_epochs=None, upstream_variant=None, **changes) -> RunPlan:
+             upstream_epochs=None, upstream_variant=None, folder=None, **changes) -> RunPlan:
     """Resolve and check a run (trial, changes, preset, seed, epochs, variant, data) and compute its key and folder,
     without training: a classifier's upstream autoencoder run is planned the same way, for its key. `upstream`: a
     Trial to use as the autoencoder instead of the registered trial named by trial.upstream (an edited one);
     `upstream_epochs` / `upstream_variant`: that run's epochs and folder name, as `epochs` / `variant` are this one's
-    (a capped autoencoder is another run, so its classifier is too)."""
+    (a capped autoencoder is another run, so its classifier is too). `folder`: where the run lives instead of
+    <runs>/<trial>/... (an experiment row's <runs>/<experiment>/<row>/<preset>-s<seed>); the key is the same."""
     trial = resolve_trial(trial, **changes)
     seed = check_seed(seed)
     settings = trial.run_settings(preset)
     if epochs is not None:
         settings["epochs"] = check_epochs(epochs)
     check_epochs(settings["epochs"])
-    R.folder_name(preset, seed, "", True, variant)  # a bad variant name fails here
+    runs.folder_name(preset, seed, "", True, variant)  # a bad variant name fails here
     check_buildable(trial)
     memory.configure_threads()  # before "auto" times its kernels, and before any op fixes the pools
-    precision = H.resolve_precision(trial.precision)
+    precision = hardware.resolve_precision(trial.precision)
     data = prepare_data(trial, settings, seed, source)
     upstream_trial, upstream = upstream, None
     if upstream_trial is not None and trial.upstream is None:
@@ -304,17 +312,20 @@ def plan_run(trial, preset="quick", seed=0, out_dir=None, epochs=None, variant=N
         upstream = plan_run(up, preset, seed, out_dir, upstream_epochs, upstream_variant, source=source)
     up_key = None if upstream is None else {"trial": upstream.trial.name, "key_digest": upstream.key_digest}
     defaults = builder_defaults(trial.model)
-    key = R.run_key(trial, preset, settings, seed, precision, data_identity(data), up_key, defaults,
+    key = runs.run_key(trial, preset, settings, seed, precision, data_identity(data), up_key, defaults,
                     builder_source(trial.model))
-    key_digest = R.digest(key)
-    plain = R.is_registered(trial, settings, preset, defaults)
-    folder = R.run_folder(runs_root(out_dir), trial, preset, seed, key_digest, plain, variant)
+    key_digest = runs.digest(key)
+    plain = runs.is_registered(trial, settings, preset, defaults)
+    if folder is None:
+        folder = runs.run_folder(runs_root(out_dir), trial, preset, seed, key_digest, plain, variant)
+    else:
+        folder = Path(folder)
     return RunPlan(trial, preset, seed, settings, precision, data, key, key_digest, folder, plain, upstream)
 
 
 def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=False, callbacks=(),
               verbose="auto", source=None, variant=None, upstream=None, upstream_epochs=None, upstream_variant=None,
-              **changes) -> Path:
+              folder=None, **changes) -> Path:
     """Train, evaluate and record one run; returns its folder.
 
     trial: a name in TRIALS or a Trial object (e.g. built in a notebook cell); `changes` are Trial fields
@@ -325,12 +336,12 @@ def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=Fa
     upstream_epochs / upstream_variant: that autoencoder run's epochs and folder name (e.g. a capped study run).
     """
     plan = plan_run(trial, preset, seed, out_dir, epochs, variant, source, upstream, upstream_epochs,
-                    upstream_variant, **changes)
+                    upstream_variant, folder, **changes)
     trial, seed, settings, precision, data = plan.trial, plan.seed, plan.settings, plan.precision, plan.data
     key, key_digest, run = plan.key, plan.key_digest, plan.folder
     defaults = builder_defaults(trial.model)
     if not force:
-        R.check_same_run(run, key_digest, R.read_config(run), trial.model_args, defaults)
+        runs.check_same_run(run, key_digest, runs.read_config(run), trial.model_args, defaults)
         if is_complete(run):
             print(f"[{trial.name}] complete run found at {run} (force=True / --force retrains it)")
             return run
@@ -347,29 +358,29 @@ def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=Fa
     created = not run.exists()
     try:
         with distribution_scope(trial.strategy):
-            model, _ = build_model(trial, preset, seed, out_dir, verbose, upstream_dir)
+            model, _ = build_model(trial, upstream_dir)
             if trial.whitening:  # from this run's training images, before compile fixes what trains
-                M.init_whitening(model, data["x_train"])
+                models.init_whitening(model, data["x_train"])
             compile_model(model, trial, steps_per_epoch(len(data["y_train"]), trial.batch_size, trial.drop_last))
-        with R.RunLock(run):  # a process refused here has written nothing, and removes nothing
+        with runs.RunLock(run):  # a process refused here has written nothing, and removes nothing
             try:
-                config = R.read_config(run)
+                config = runs.read_config(run)
                 if force:
                     _clear_run(run)
                     config = None
                 if config is not None:
-                    R.check_same_run(run, key_digest, config, trial.model_args, defaults)
+                    runs.check_same_run(run, key_digest, config, trial.model_args, defaults)
                     if is_complete(run):  # another process finished it while this one waited
                         return run
                 else:
                     config = _write_config(run, trial, preset, seed, settings, data, key, key_digest, precision,
                                            determinism, upstream_dir,
-                                           {**speed, "train_flops_per_image": C.train_flops_per_image(model),
-                                            "builder_defaults": R.canonical(defaults)})
+                                           {**speed, "train_flops_per_image": compute.train_flops_per_image(model),
+                                            "builder_defaults": runs.canonical(defaults)})
                 return _train_and_record(trial, preset, seed, settings, run, data, model, callbacks, verbose)
             except BaseException:
                 # still holding the lock: a folder this process made, with no epoch committed, goes
-                if created and S.read_state(run) is None and not (run / "model.keras").exists():
+                if created and resume.read_state(run) is None and not (run / "model.keras").exists():
                     shutil.rmtree(run, ignore_errors=True)
                 raise
     finally:
@@ -387,15 +398,15 @@ def _clear_run(run):
 def _write_config(run, trial, preset, seed, settings, data, key, key_digest, precision, determinism, upstream_dir,
                   compute):
     config = {"trial": trial.to_dict(), "preset": preset, "settings": settings, "seed": seed,
-              "key": key, "key_digest": key_digest, "code_version": R.code_version(),
-              "precision": precision, "precision_why": H.choose_precision(trial.precision)[1],
-              "op_determinism": determinism, "machine": H.describe(),
+              "key": key, "key_digest": key_digest, "code_version": runs.code_version(),
+              "precision": precision, "precision_why": hardware.choose_precision(trial.precision)[1],
+              "op_determinism": determinism, "machine": hardware.describe(),
               "upstream_run": None if upstream_dir is None else str(upstream_dir), "command": command_line(),
               "cwd": os.getcwd(), "data_source": data["source"], "versions": versions(),
               "train_images": len(data["y_train"]), "val_images": len(data["y_val"]), "test_images": len(data["y_test"]),
               "train_class_counts": np.bincount(data["y_train"], minlength=10).tolist(),
               "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), **compute}
-    E.write_json_atomic(run / "config.json", config)
+    evaluate.write_json_atomic(run / "config.json", config)
     return config
 
 
@@ -414,11 +425,11 @@ def trick_callbacks(trial, model, settings, train_images):
     epochs = settings["epochs"]
     cbs = [LR_SCHEDULES[trial.lr_schedule](trial, settings, monitor, mode)]
     if trial.recon_weight and trial.task == "joint":
-        cbs.append(T.ReconWeightSchedule(model.loss["reconstruction"], *trial.recon_weight, epochs))
+        cbs.append(tricks.ReconWeightSchedule(model.loss["reconstruction"], *trial.recon_weight, epochs))
     if trial.lookahead is not None:
         steps = sum((end - first) * steps_per_epoch(train_images, bs, trial.drop_last)
-                    for first, end, bs in T.batch_stages(trial.batch_sizes or (trial.batch_size,), epochs))
-        cbs.append(T.Lookahead(model, trial.lookahead, steps))
+                    for first, end, bs in tricks.batch_stages(trial.batch_sizes or (trial.batch_size,), epochs))
+        cbs.append(tricks.Lookahead(model, trial.lookahead, steps))
     if settings.get("early_stopping"):  # best weights come back from the run's best checkpoint, not from memory
         cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=int(settings["early_stopping"])))
     return cbs
@@ -426,24 +437,24 @@ def trick_callbacks(trial, model, settings, train_images):
 
 def _train_and_record(trial, preset, seed, settings, run, data, model, callbacks, verbose):
     """Train (resuming from state.json), save the best epoch's model, evaluate, write metrics.json last."""
-    stats = D.fit_scaling(data["x_train"], trial.scaling)
+    stats = fit_scaling(data["x_train"], trial.scaling)
     data["scaling"] = None if trial.scaling == "unit" else stats
-    state = S.read_state(run) or {}
+    state = resume.read_state(run) or {}
     if state.get("trained") and (run / "model.keras").is_file():
-        if S.sha256_file(run / "model.keras") != state.get("model_sha256"):
-            raise S.CheckpointError(f"{run / 'model.keras'} is damaged (sha256 differs from state.json); delete "
+        if resume.sha256_file(run / "model.keras") != state.get("model_sha256"):
+            raise resume.CheckpointError(f"{run / 'model.keras'} is damaged (sha256 differs from state.json); delete "
                                     f"{run} to retrain this run.")
         model = keras.saving.load_model(run / "model.keras", safe_mode=True, compile=False)  # killed while evaluating
     else:
         model = _train(trial, settings, run, data, model, callbacks, verbose, seed)
     history = _read_history(run / "history.csv")
-    state = S.read_state(run)
+    state = resume.read_state(run)
     metrics = evaluate_model(model, trial, data, run, settings, seed)
     metrics["params"] = int(model.count_params())
     metrics["trainable_params"] = int(sum(int(np.prod(w.shape)) for w in model.trainable_weights))
     epochs_run = len(next(iter(history.values()), []))
     train_seconds = float(sum(history.get("train_seconds", [])))
-    flops = (R.read_config(run) or {}).get("train_flops_per_image")
+    flops = (runs.read_config(run) or {}).get("train_flops_per_image")
     metrics.update({"trial": trial.name, "preset": preset, "seed": seed, "epochs": epochs_run,
                     "train_pflops": None if flops is None else round(flops * len(data["y_train"]) * epochs_run / 1e15, 5),
                     "best_epoch": state.get("best_epoch"), "stopped_early": bool(state.get("stopped")),
@@ -452,33 +463,33 @@ def _train_and_record(trial, preset, seed, settings, run, data, model, callbacks
                     if train_seconds > 0 else None,
                     "study": trial.study, "command": command_line()})
     if history:
-        P.save(P.training_curves(history), run / "figures" / "curves.png")
-    E.write_json_atomic(run / "metrics.json", metrics)  # last: its presence marks the run complete
+        plots.save(plots.training_curves(history), run / "figures" / "curves.png")
+    evaluate.write_json_atomic(run / "metrics.json", metrics)  # last: its presence marks the run complete
     return run
 
 
 def _train(trial, settings, run, data, model, callbacks, verbose, seed):
     monitor, mode = monitor_for(trial.task)
     val = _batches(trial, data, settings, seed, False) if len(data["y_val"]) else None  # None: no best epoch, the last
-    tricks = trick_callbacks(trial, model, settings, len(data["y_train"]))
-    stateful = [cb for cb in tricks if type(cb).__name__ in S.STATEFUL_ATTRS]
-    extra = [v for cb in tricks for v in getattr(cb, "variables", ())]  # a callback's own state (Lookahead's)
-    for first, end, batch_size in T.batch_stages(trial.batch_sizes or (trial.batch_size,), settings["epochs"]):
+    schedules = trick_callbacks(trial, model, settings, len(data["y_train"]))
+    stateful = [cb for cb in schedules if type(cb).__name__ in resume.STATEFUL_ATTRS]
+    extra = [v for cb in schedules for v in getattr(cb, "variables", ())]  # a callback's own state (Lookahead's)
+    for first, end, batch_size in tricks.batch_stages(trial.batch_sizes or (trial.batch_size,), settings["epochs"]):
         train = _batches(trial, data, settings, seed, train=True, batch_size=batch_size)
-        state = S.RunState(run, monitor, mode, stateful=stateful, datasets=[train], variables=extra)
+        state = resume.RunState(run, monitor, mode, stateful=stateful, datasets=[train], variables=extra)
         if state.stopped or state.epochs_done >= end:
             continue
         if not model.optimizer.built:  # restoring needs the optimizer's variables to exist
             with model.distribute_strategy.scope():
                 model.optimizer.build(model.trainable_variables)
         model.fit(train, validation_data=val, initial_epoch=max(first, state.epochs_done), epochs=end,
-                  callbacks=[*tricks, *callbacks, state], verbose=verbose, shuffle=False)
-    state = S.RunState(run, monitor, mode)
+                  callbacks=[*schedules, *callbacks, state], verbose=verbose, shuffle=False)
+    state = resume.RunState(run, monitor, mode)
     state.restore_final(model)
-    S.save_model_atomic(model, run / "model.keras")
-    final = S.read_state(run)
-    final.update(trained=True, model_sha256=S.sha256_file(run / "model.keras"), best_epoch=state.best_epoch)
-    S.write_state(run, final)
+    resume.save_model_atomic(model, run / "model.keras")
+    final = resume.read_state(run)
+    final.update(trained=True, model_sha256=resume.sha256_file(run / "model.keras"), best_epoch=state.best_epoch)
+    resume.write_state(run, final)
     shutil.rmtree(run / "checkpoints", ignore_errors=True)
     return model
 
@@ -490,17 +501,17 @@ def evaluate_model(model, trial, data, run, settings, seed) -> dict:
     outputs = model.predict(x_in, batch_size=256, verbose=0)
     infer_s = time.perf_counter() - t0
     names = data["class_names"]
-    metrics = E.evaluate_outputs(trial.task, x_unit, data["y_test"], outputs, names)
+    metrics = evaluate.evaluate_outputs(trial.task, x_unit, data["y_test"], outputs, names)
     if (trial.tta_flip or trial.tta_crops) and trial.task != "autoencoder":
         plain = metrics["test_accuracy"]
-        outputs = T.predict_tta(model, x_in, flip=trial.tta_flip, crops=trial.tta_crops)
-        metrics = E.evaluate_outputs(trial.task, x_unit, data["y_test"], outputs, names)
+        outputs = tricks.predict_tta(model, x_in, flip=trial.tta_flip, crops=trial.tta_crops)
+        metrics = evaluate.evaluate_outputs(trial.task, x_unit, data["y_test"], outputs, names)
         metrics["test_accuracy_without_tta"] = plain
     if trial.logit_adjustment and trial.task != "autoencoder":  # after TTA: the averaged probabilities are adjusted
         unadjusted = metrics
-        probs = T.adjust_for_prior(E.split_outputs(outputs, trial.task)[1], data["y_train"], trial.logit_adjustment)
+        probs = tricks.adjust_for_prior(evaluate.split_outputs(outputs, trial.task)[1], data["y_train"], trial.logit_adjustment)
         outputs = {**outputs, "label": probs} if isinstance(outputs, dict) else probs
-        metrics = E.evaluate_outputs(trial.task, x_unit, data["y_test"], outputs, names)
+        metrics = evaluate.evaluate_outputs(trial.task, x_unit, data["y_test"], outputs, names)
         if "test_accuracy_without_tta" in unadjusted:
             metrics["test_accuracy_without_tta"] = unadjusted["test_accuracy_without_tta"]
         metrics.update(test_accuracy_without_logit_adjustment=unadjusted["test_accuracy"],
@@ -508,18 +519,18 @@ def evaluate_model(model, trial, data, run, settings, seed) -> dict:
     metrics["test_images"] = len(data["y_test"])
     metrics["inference_images_per_second"] = round(len(x_in) / max(infer_s, 1e-9), 1)
     figs = run / "figures"
-    recon, _ = E.split_outputs(outputs, trial.task)
+    recon, _ = evaluate.split_outputs(outputs, trial.task)
     if recon is not None:
-        P.save(P.reconstruction_grid(x_unit[::max(1, len(x_unit) // 10)][:10], recon[::max(1, len(x_unit) // 10)][:10]),
+        plots.save(plots.reconstruction_grid(x_unit[::max(1, len(x_unit) // 10)][:10], recon[::max(1, len(x_unit) // 10)][:10]),
                figs / "reconstructions.png")
     if "confusion_matrix" in metrics:
-        P.save(P.confusion_matrix(metrics["confusion_matrix"], names), figs / "confusion_matrix.png")
-    P.save(P.class_distribution(data["y_train"], names), figs / "class_distribution.png")
+        plots.save(plots.confusion_matrix(metrics["confusion_matrix"], names), figs / "confusion_matrix.png")
+    plots.save(plots.class_distribution(data["y_train"], names), figs / "class_distribution.png")
     n = min(settings["tsne_points"], len(x_in))
     if n >= 20 and _has_layer(model, "features"):
         idx = np.random.default_rng(seed).choice(len(x_in), n, replace=False)
-        feats = M.encoder_of(model, "features").predict(x_in[idx], batch_size=256, verbose=0)
-        P.save(P.tsne(feats, data["y_test"][idx], names, seed), figs / "tsne.png")
+        feats = models.encoder_of(model, "features").predict(x_in[idx], batch_size=256, verbose=0)
+        plots.save(plots.tsne(feats, data["y_test"][idx], names, seed), figs / "tsne.png")
     return metrics
 
 
@@ -535,11 +546,11 @@ def _val_balanced(model, trial, data) -> dict:
     from sklearn.metrics import balanced_accuracy_score
     _, x_in = _model_input(data["x_val"], data)
     if trial.tta_flip or trial.tta_crops:
-        out = T.predict_tta(model, x_in, flip=trial.tta_flip, crops=trial.tta_crops)
+        out = tricks.predict_tta(model, x_in, flip=trial.tta_flip, crops=trial.tta_crops)
     else:
         out = model.predict(x_in, batch_size=256, verbose=0)
     probs = out["label"] if isinstance(out, dict) else out
-    adjusted = T.adjust_for_prior(probs, data["y_train"], trial.logit_adjustment)
+    adjusted = tricks.adjust_for_prior(probs, data["y_train"], trial.logit_adjustment)
     return {"val_balanced_accuracy": round(float(balanced_accuracy_score(data["y_val"], adjusted.argmax(-1))), 4),
             "val_balanced_accuracy_without_logit_adjustment":
                 round(float(balanced_accuracy_score(data["y_val"], probs.argmax(-1))), 4)}
@@ -566,13 +577,13 @@ def reevaluate(run_dir) -> dict:
     if not (run_dir / "model.keras").is_file() or not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir}: not a run folder (needs config.json and model.keras); "
                                 "train one with `python -m cifar_ae train NAME`.")
-    config = R.read_config(run_dir)
+    config = runs.read_config(run_dir)
     trial = trial_from_config(config)
     data = prepare_data(trial, config["settings"], config["seed"])
-    stats = D.fit_scaling(data["x_train"], trial.scaling)
+    stats = fit_scaling(data["x_train"], trial.scaling)
     data["scaling"] = None if trial.scaling == "unit" else stats
     model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True, compile=False)
     metrics = json.loads((run_dir / "metrics.json").read_text()) if is_complete(run_dir) else {}
     metrics.update(evaluate_model(model, trial, data, run_dir, config["settings"], config["seed"]))
-    E.write_json_atomic(run_dir / "metrics.json", metrics)
+    evaluate.write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics
