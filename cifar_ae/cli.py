@@ -25,12 +25,30 @@ def cmd_list(args):
         from .training import trial_flops
         flops = {name: trial_flops(t) for name, t in trials.items()}
     width = max(map(len, trials))
-    print(f"{'trial':<{width}}  {'train GFLOP/img':>15}  epochs {'/'.join(PRESETS)}")
+    print(f"{'trial':<{width}}  {'GFLOP/img':>9}  {'epochs ' + '/'.join(PRESETS):<26} the study")
     for t in trials.values():
         epochs = "/".join(str(t.settings(p)["epochs"]) for p in PRESETS)
-        study = ", ".join(f"{k} {v}" for k, v in t.study.items())
-        gflops = f"{flops[t.name] / 1e9:15.3f}" if t.name in flops else f"{'':15}"
-        print(f"{t.name:<{width}}  {gflops}  {epochs:<14} study: {study:<22} {t.description}")
+        study = ", ".join(f"{k} {v}" for k, v in t.study.items() if k != "train_accuracy")
+        gflops = f"{flops[t.name] / 1e9:9.3f}" if t.name in flops else f"{'':9}"
+        print(f"{t.name:<{width}}  {gflops}  {epochs:<26} {study}")
+    print("Variants, sweeps, ablations and controls: experiments/*.toml (python -m cifar_ae experiment FILE).")
+
+
+def cmd_experiment(args):
+    from .experiments import commands, load_experiment, run_experiment, select, write_table
+    experiment = load_experiment(args.file)
+    rows, seeds = select(experiment, args.rows), args.seeds or list(experiment.seeds)
+    preset = args.preset or experiment.preset
+    runs_root = Path(args.runs or os.environ.get("CIFAR_AE_RUNS") or "runs")
+    if args.commands:
+        print("\n".join(commands(experiment, rows, seeds, preset, runs_root)))
+        return
+    if not args.table_only:
+        run_experiment(experiment, rows, seeds, preset, runs_root, verbose=1 if sys.stdout.isatty() else 2)
+    command = "python -m cifar_ae " + " ".join(sys.argv[1:]) if args.table_only else None
+    table = write_table(experiment, runs_root, args.tables or runs_root, None, command)
+    print(table.read_text())
+    print(f"wrote {table} and {table.with_suffix('.json')}")
 
 
 def cmd_train(args):
@@ -97,14 +115,12 @@ def cmd_report(args):
 
 
 def cmd_figures(args):
-    """Redraw each run's curves.png from its history.csv (e.g. after the plotting code changed)."""
-    from .plots import save, training_curves
-    from .report import _history
+    """Redraw what a run folder's small files hold: curves (history.csv), the confusion matrix (metrics.json) and
+    the class distribution (config.json's class counts). Reconstructions and t-SNE need the model."""
+    from .plots import redraw_run_figures
     for run in args.runs:
-        history = _history(run)
-        if not history:
-            raise FileNotFoundError(f"{run}: no history.csv; is it a run folder?")
-        print(save(training_curves(history), Path(run) / "figures" / "curves.png"))
+        for path in redraw_run_figures(Path(run)):
+            print(path)
 
 
 def cmd_compare(args):
@@ -172,7 +188,19 @@ def main(argv=None):
     p.add_argument("--notebooks", action="store_true", help="a table of the executed notebooks' timing.json "
                    "files under --runs (wall time, trial runs trained or reused)")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("figures", help="redraw run folders' curves.png from their history.csv")
+    p = sub.add_parser("experiment", help="train an experiment file's missing runs, then write its table")
+    p.add_argument("file", help="an experiment file, e.g. experiments/v4.toml")
+    p.add_argument("--rows", nargs="+", default=None, metavar="ROW", help="only these rows (default: all)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED", help="default: the file's seeds")
+    p.add_argument("--preset", default=None, help="default: the file's preset")
+    p.add_argument("--runs", default=None, help="runs root (default: $CIFAR_AE_RUNS or ./runs); runs live in "
+                   "<runs>/<experiment>/<row>/<preset>-s<seed>")
+    p.add_argument("--tables", default=None, metavar="DIR", help="write <experiment>.md/.json here (default: --runs)")
+    p.add_argument("--commands", action="store_true", help="print one command per missing run (for a scheduler) "
+                   "and train nothing")
+    p.add_argument("--table-only", action="store_true", help="train nothing; table the complete runs")
+    p.set_defaults(func=cmd_experiment)
+    p = sub.add_parser("figures", help="redraw a run folder's figures from its small files")
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.set_defaults(func=cmd_figures)
     p = sub.add_parser("compare", help="two or more run folders side by side: metrics, per-class recall, curves")
