@@ -91,6 +91,11 @@ def cmd_evaluate(args):
 def cmd_report(args):
     from .evaluate import write_text_atomic
     from .report import collect_runs, markdown_table, write_study_tables
+    if args.index:  # results/README.md and the README's results table, from the committed tables
+        from .front import write_index
+        for path in write_index():
+            print(f"wrote {path}")
+        return
     if args.study:  # the study's table: study trials on the study preset -> <output>/study.md and study.json
         for path in write_study_tables(args.runs, args.output or args.runs, preset=args.preset or "study"):
             print(f"wrote {path}")
@@ -185,6 +190,8 @@ def main(argv=None):
     p.add_argument("--output", default=None, help="also write the table to this file (with --study: a folder)")
     p.add_argument("--study", action="store_true", help="the study's table (study.md): mean and sd over seeds, "
                    "the study's numbers, verdicts, per-class recall")
+    p.add_argument("--index", action="store_true", help="rewrite results/README.md and the README's results table "
+                   "from the committed tables")
     p.add_argument("--notebooks", action="store_true", help="a table of the executed notebooks' timing.json "
                    "files under --runs (wall time, trial runs trained or reused)")
     p.set_defaults(func=cmd_report)

@@ -232,8 +232,14 @@ def _load_from(root: Path, use_cache: bool) -> Cifar10:
     return data
 
 
+DOWNLOAD_MB = 163  # the size of cifar-10-python.tar.gz
+
+
 def _download() -> Path:
     import keras
+    print(f"CIFAR-10 not found locally: downloading {DOWNLOAD_MB} MB from {DOWNLOAD_URL} (sha256-checked) into "
+          f"{KERAS_CACHE.parent}, once; set CIFAR10_DIR to use a copy you have, or CIFAR_AE_DOWNLOAD=0 to never "
+          "download.", flush=True)
     path = keras.utils.get_file("cifar-10-batches-py", origin=DOWNLOAD_URL, untar=True, file_hash=DOWNLOAD_SHA256)
     return Path(path)
 
@@ -242,7 +248,8 @@ def load_cifar10(source=None, download: bool | None = None, use_cache: bool = Tr
     """Load CIFAR-10 as uint8 NHWC images and int64 labels in canonical (label, file name) order.
 
     Looks in order at: ``source``, ``$CIFAR10_DIR``, the keras cache ``~/.keras/datasets/cifar-10-batches-py``,
-    then downloads with keras' ``get_file`` (hash-checked) if ``download`` is true or ``CIFAR_AE_DOWNLOAD=1``.
+    then downloads with keras' ``get_file`` (hash-checked), as ``keras.datasets.cifar10`` does on first use, unless
+    ``download`` is false or ``CIFAR_AE_DOWNLOAD=0`` (the tests set it: they never download).
     """
     looked = []
     for label, cand in (("source argument", source), ("$CIFAR10_DIR", os.environ.get("CIFAR10_DIR")),
@@ -254,12 +261,12 @@ def load_cifar10(source=None, download: bool | None = None, use_cache: bool = Tr
             return _load_from(root, use_cache)
         looked.append(f"{label} {root}")
     if download is None:
-        download = os.environ.get("CIFAR_AE_DOWNLOAD") == "1"
+        download = os.environ.get("CIFAR_AE_DOWNLOAD", "1") != "0"
     if download:
         return _load_from(_download(), use_cache)
     raise DataError("CIFAR-10 not found (looked at: " + "; ".join(looked or ["no CIFAR10_DIR set", f"keras cache {KERAS_CACHE}"])
                     + "). Fix: set CIFAR10_DIR to a folder with train/<class>/*.png and test/<class>/*.png or the official "
-                    "data_batch_1..5 + test_batch, or allow a download with CIFAR_AE_DOWNLOAD=1 (or download=True).")
+                    "data_batch_1..5 + test_batch, or allow the download (unset CIFAR_AE_DOWNLOAD=0, or download=True).")
 
 
 def array_digest(a: np.ndarray) -> str:

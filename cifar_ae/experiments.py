@@ -158,8 +158,8 @@ def load_experiment(path, _loading=()) -> Experiment:
             if epochs is not None:
                 check_epochs(epochs)
         except TrialError as e:
-            raise ExperimentError(f"{where}: {str(e).replace(repr(f'{name}.{row_name}'), 'this row')} "
-                                  f"Fix its changes.") from None
+            message = str(e).replace(f"trial '{name}.{row_name}': ", "").replace(f" for '{name}.{row_name}'", "")
+            raise ExperimentError(f"{where}: {message} Fix its changes.") from None
         rows[row_name] = Row(row_name, built, table["why"], parent, epochs, table.get("formerly"), changes)
         return rows[row_name]
 
@@ -195,6 +195,13 @@ def parent_trial(parent, raw, build, chain, where, loading) -> Trial:
     close = difflib.get_close_matches(parent, [*raw, *TRIALS], n=3)
     raise ExperimentError(f"{where}: parent {parent!r} is neither a row of this file nor a registered trial"
                           + (f"; did you mean {', '.join(close)}?" if close else f"; registered: {', '.join(TRIALS)}."))
+
+
+def row_trial(reference) -> Trial:
+    """The Trial of a row named "<file>:<row>" (a row of experiments/<file>.toml), e.g. row_trial("v4:narrow")."""
+    stem, _, row = reference.partition(":")
+    experiment = load_experiment(EXPERIMENTS_DIR / f"{stem}.toml")
+    return experiment.rows[select(experiment, [row])[0]].trial
 
 
 def all_experiments() -> dict:
@@ -402,3 +409,46 @@ def write_table(experiment, runs_root, output_dir, preset=None, command=None) ->
     write_text_atomic(output, text)
     write_json_atomic(output.with_suffix(".json"), result)
     return output
+
+
+def curves(experiment, runs_root) -> list:
+    """(label, named, [(pflops, test accuracy) per epoch]) for every row and preset whose runs scored the test set
+    after every epoch (test_every_epoch), seed 0's run (or the first seed's)."""
+    out = []
+    for row_name, preset_name, s in collect(experiment, runs_root):
+        run = Path(s["runs"][0])
+        acc = _history_column(run, "test_accuracy")
+        config = json.loads((run / "config.json").read_text())
+        per_image = config.get("train_flops_per_image")
+        if acc and per_image:
+            step = per_image * config["train_images"] / 1e15
+            out.append((f"{experiment.name}/{row_name} ({preset_name})", row_name in experiment.named,
+                        [(step * (i + 1), a) for i, a in enumerate(acc)]))
+    return out
+
+
+def accuracy_against_compute(experiments, runs_root, reference=None):
+    """Test accuracy per epoch against training PFLOPs for every row of these experiments: the named rows in
+    colour with a legend outside the axes, the rest grey. reference: (label, pflops, accuracy), a published point."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(10, 4.8))
+    ax = fig.add_subplot()
+    colour = 0
+    for experiment in experiments:
+        for label, named, points in curves(experiment, runs_root):
+            x, y = zip(*points)
+            if named:
+                ax.plot(x, [100 * v for v in y], marker="o", ms=3, lw=1.6, color=f"C{colour % 10}", label=label, zorder=3)
+                colour += 1
+            else:
+                ax.plot(x, [100 * v for v in y], lw=0.8, color="0.75", zorder=2)
+    ax.plot([], [], lw=0.8, color="0.75", label="other rows")
+    if reference:
+        ax.scatter([reference[1]], [100 * reference[2]], marker="*", s=160, color="black", label=reference[0], zorder=5)
+    ax.set_xlabel("training PFLOPs (cifar_ae.compute)")
+    ax.set_ylabel("test accuracy (%), per epoch")
+    ax.set_ylim(60, 96)  # peak-LR dips far below would squash the curves that matter
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    return fig

@@ -359,50 +359,21 @@ def tricks_table(trial) -> Table:
     return Table(["Trial field", "trick", f"{trial.name}", "off", ""], rows)
 
 
-def ablation_table(root, trial="v3-joint-resnet", preset="quick", seed=0):
-    """The ablation (cifar_ae.ablation) rebuilt from its run folders under root, as Markdown."""
+AIRBENCH94 = ("airbench94 (published; 50,000 balanced images)", 0.36, 0.9401)
+
+
+def experiment_table(results, name):
+    """An experiment's generated table (results/<name>.md, from its run folders), as Markdown."""
     from IPython.display import Markdown
-    from .ablation import find_runs, table
-    runs = find_runs(root, trial, preset, seed)
-    if not runs:
-        print(f"no ablation runs under {root}/<row>/{trial}/{preset}-s{seed}*")
+    path = Path(results) / f"{name}.md"
+    if not path.is_file():
+        print(f"no {path}; make it with: python -m cifar_ae experiment experiments/{name}.toml --table-only")
         return None
-    return Markdown(f"{len(runs)} rows from run folders under `{root}` ({preset} preset, seed {seed}):\n\n" +
-                    table(runs)[0])
+    return Markdown(path.read_text().split("\n", 1)[1])  # without its '#' title: the notebook has its own headings
 
 
-def time_to_accuracy_figure(paths, flops_axis=True):
-    """Test accuracy after each epoch (and against training PFLOPs) from time-to-accuracy JSON files
-    (benchmarks/time_to_accuracy.py); the per-epoch test curve is for reporting, never for choosing."""
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(10.5, 3.8))
-    ax_e, ax_f = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    for c, path in enumerate(paths):
-        path = Path(path)
-        if not path.is_file():
-            continue
-        r = json.loads(path.read_text())
-        curve = r.get("curve", [])
-        epochs = [p["epoch"] for p in curve]
-        acc = [100 * p["test_accuracy"] for p in curve]
-        label = f"{r['trial']} ({r['preset']}, {r.get('epochs')} epochs)"
-        ax_e.plot(epochs, acc, marker="o", ms=3, color=f"C{c}", label=label)
-        per_image = r.get("train_gflops_per_image")
-        if per_image is None and flops_axis:  # a file written before FLOPs were counted: count them now
-            from .training import trial_flops
-            from .trials import get_trial
-            per_image = trial_flops(get_trial(r["trial"])) / 1e9
-        if per_image and flops_axis:
-            ax_f.plot([e * r["train_images"] * per_image / 1e6 for e in epochs], acc, marker="o", ms=3, color=f"C{c}")
-    from .trials import get_trial
-    study = 100 * get_trial("v2-joint-aug-adam").study["test_accuracy"]  # the study's best reported number
-    for ax in (ax_e, ax_f):
-        ax.axhline(study, color="grey", ls=":", lw=1)
-        ax.grid(alpha=0.3)
-        ax.set_ylabel("test accuracy (%)")
-    ax_e.text(1, study + 0.5, f"study's best (v2-joint-aug-adam, {study:.0f}%)", fontsize=7, color="grey")
-    ax_e.set_xlabel("epoch")
-    ax_f.set_xlabel("training PFLOPs (cifar_ae.compute)")
-    ax_e.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+def accuracy_against_compute(results, names=("v3", "v4")):
+    """Test accuracy per epoch against training PFLOPs for these experiments' rows (experiments.accuracy_against_compute)."""
+    from .experiments import EXPERIMENTS_DIR, accuracy_against_compute, load_experiment
+    experiments = [load_experiment(EXPERIMENTS_DIR / f"{n}.toml") for n in names]
+    return accuracy_against_compute(experiments, Path(results) / "runs", reference=AIRBENCH94)

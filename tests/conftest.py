@@ -4,6 +4,7 @@ import warnings
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["CIFAR_AE_DOWNLOAD"] = "0"  # tests never download CIFAR-10
 # CI sets CIFAR10_DIR=../shared/cifar10, relative to the checkout; tests run children from other folders
 # (a copied checkout, notebooks/), so every child gets the absolute path.
 if os.environ.get("CIFAR10_DIR"):

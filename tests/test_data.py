@@ -116,13 +116,28 @@ def test_truncated_batch_names_the_file(cifar, tmp_path):
 def test_missing_data_lists_every_place_and_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("CIFAR10_DIR", str(tmp_path / "nowhere"))
     monkeypatch.setattr(D, "KERAS_CACHE", tmp_path / "no-keras-cache")
-    monkeypatch.delenv("CIFAR_AE_DOWNLOAD", raising=False)
+    monkeypatch.setenv("CIFAR_AE_DOWNLOAD", "0")
     with pytest.raises(D.DataError) as err:
         D.load_cifar10()
     msg = str(err.value)
     assert "\n" not in msg
     assert str(tmp_path / "nowhere") in msg and "no-keras-cache" in msg
-    assert "set CIFAR10_DIR" in msg and "CIFAR_AE_DOWNLOAD=1" in msg
+    assert "set CIFAR10_DIR" in msg and "CIFAR_AE_DOWNLOAD=0" in msg
+
+
+def test_with_nothing_local_the_loader_downloads_once_through_keras_get_file(tmp_path, monkeypatch, capsys):
+    """As keras.datasets.cifar10 does on first use: announced with its size, checksummed by get_file (faked here:
+    the tests never download)."""
+    import keras
+    root = tiny_folder_tree(tmp_path / "fetched")
+    calls = []
+    monkeypatch.delenv("CIFAR10_DIR", raising=False)
+    monkeypatch.delenv("CIFAR_AE_DOWNLOAD", raising=False)
+    monkeypatch.setattr(D, "KERAS_CACHE", tmp_path / "no-keras-cache")
+    monkeypatch.setattr(keras.utils, "get_file", lambda *a, **kw: calls.append(kw) or str(root))
+    data = D.load_cifar10(use_cache=False)
+    assert len(calls) == 1 and calls[0]["file_hash"] == D.DOWNLOAD_SHA256 and calls[0]["origin"] == D.DOWNLOAD_URL
+    assert f"downloading {D.DOWNLOAD_MB} MB" in capsys.readouterr().out and len(data.y_test) > 0
 
 
 def test_wrong_class_folder_and_wrong_image_are_named(tmp_path):

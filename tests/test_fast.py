@@ -9,7 +9,11 @@ from augment import make_augmenter
 from augment.fast import alternating_flip
 from cifar_ae import models as M, tricks as T
 from cifar_ae.training import run_trial
+from cifar_ae.experiments import EXPERIMENTS_DIR, load_experiment
 from cifar_ae.trials import TRIALS, TrialError
+
+V4 = load_experiment(EXPERIMENTS_DIR / "v4.toml")
+FAST = V4.rows["fast"].trial  # airbench94's recipe on the joint net (experiments/v4.toml)
 
 
 def test_alternating_flip_shows_every_image_both_ways_over_two_epochs():
@@ -73,13 +77,13 @@ def test_logit_adjustment_divides_out_the_training_prior():
     with pytest.raises(ValueError, match=r"every one of the 3 classes .* got counts \[30, 10, 0\]"):
         T.adjust_for_prior(np.full((1, 3), 1 / 3), y_train, 1.0)
     with pytest.raises(TrialError, match="logit_adjustment needs a label output trained on all 10 classes"):
-        TRIALS["v4-joint-fast"].replace(logit_adjustment=1.0, train_classes=("cat",))
+        FAST.replace(logit_adjustment=1.0, train_classes=("cat",))
     with pytest.raises(TrialError, match=r"logit_adjustment must be a number in \[0, 10\]; got -1"):
-        TRIALS["v4-joint-fast"].replace(logit_adjustment=-1)
+        FAST.replace(logit_adjustment=-1)
 
 
 def test_a_logit_adjusted_run_keeps_the_unadjusted_numbers_beside_its_own(tmp_path, cifar_dir):
-    run = run_trial("v4-joint-fast", "smoke", 0, out_dir=tmp_path, verbose=0, logit_adjustment=1.0)
+    run = run_trial(FAST, "smoke", 0, out_dir=tmp_path, verbose=0, logit_adjustment=1.0)
     m = json.loads((run / "metrics.json").read_text())
     for k in ("test_accuracy", "test_accuracy_without_tta", "test_accuracy_without_logit_adjustment",
               "val_balanced_accuracy", "val_balanced_accuracy_without_logit_adjustment"):
@@ -87,19 +91,19 @@ def test_a_logit_adjusted_run_keeps_the_unadjusted_numbers_beside_its_own(tmp_pa
     assert "recon_mse" in m
     config = json.loads((run / "config.json").read_text())
     assert config["key"]["trial"]["logit_adjustment"] == 1.0  # its own run, not the unadjusted one's
-    plain = run_trial("v4-joint-fast", "smoke", 0, out_dir=tmp_path, verbose=0)
+    plain = run_trial(FAST, "smoke", 0, out_dir=tmp_path, verbose=0)
     assert plain != run and "logit_adjustment" not in json.loads((plain / "config.json").read_text())["key"]["trial"]
 
 
 def test_validation_none_trains_on_the_held_out_images_too_and_refuses_what_needs_them(cifar_dir):
     from cifar_ae.training import prepare_data
-    settings = {**TRIALS["v4-joint-fast"].settings("smoke"), "train_images": None}
-    held = prepare_data(TRIALS["v4-joint-fast"], settings, 0)
-    every = prepare_data(TRIALS["v4-joint-fast"].replace(validation="none"), settings, 0)
+    settings = {**FAST.settings("smoke"), "train_images": None}
+    held = prepare_data(FAST, settings, 0)
+    every = prepare_data(FAST.replace(validation="none"), settings, 0)
     assert len(every["y_val"]) == 0 and len(every["y_train"]) == len(held["y_train"]) + len(held["y_val"])
     with pytest.raises(TrialError, match="validation='none' needs an lr_schedule .*got lr_schedule=None"):
         TRIALS["v2-joint-noaug"].replace(validation="none")
-    every_image = TRIALS["v4-joint-fast"].replace(validation="none")
+    every_image = FAST.replace(validation="none")
     assert every_image.settings("study")["epochs"] == 100  # listing a preset is fine; running it is not
     with pytest.raises(TrialError, match="preset 'study' stops early on a validation metric"):
         run_trial(every_image, "study", 0)
@@ -112,10 +116,10 @@ def test_a_run_without_validation_keeps_its_last_epoch_even_when_killed_before_s
 
     changes = dict(validation="none", logit_adjustment=1.0, epochs=2)
     with pytest.raises(RuntimeError, match="killed after training"):
-        run_trial("v4-joint-fast", "smoke", 0, out_dir=tmp_path / "a", verbose=0, callbacks=[KilledAfterTraining()],
+        run_trial(FAST, "smoke", 0, out_dir=tmp_path / "a", verbose=0, callbacks=[KilledAfterTraining()],
                   **changes)
-    resumed = run_trial("v4-joint-fast", "smoke", 0, out_dir=tmp_path / "a", verbose=0, **changes)
-    whole = run_trial("v4-joint-fast", "smoke", 0, out_dir=tmp_path / "b", verbose=0, **changes)
+    resumed = run_trial(FAST, "smoke", 0, out_dir=tmp_path / "a", verbose=0, **changes)
+    whole = run_trial(FAST, "smoke", 0, out_dir=tmp_path / "b", verbose=0, **changes)
     config = json.loads((resumed / "config.json").read_text())
     assert config["val_images"] == 0 and config["trial"]["validation"] == "none"
     m, w = (json.loads((r / "metrics.json").read_text()) for r in (resumed, whole))
@@ -134,10 +138,10 @@ def test_drop_last_leaves_out_each_epochs_partial_batch():
         ArrayBatches(x[:3], y[:3], batch_size=4, drop_last=True)
 
 
-@pytest.mark.parametrize("name", ["v4-joint-fast", "v4-joint-fast-norecon", "v4-joint-fast-balanced",
-                                  "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-droplast"])
-def test_v4_trials_run_on_smoke(name, tmp_path, cifar_dir):
-    run = run_trial(name, "smoke", 0, out_dir=tmp_path, verbose=0)
+@pytest.mark.parametrize("row", ["fast", "fast-norecon", "fast-balanced", "droplast", "lead"])
+def test_v4_rows_run_on_smoke(row, tmp_path, cifar_dir):
+    trial = V4.rows[row].trial
+    run = run_trial(trial, "smoke", 0, out_dir=tmp_path, verbose=0)
     m = json.loads((run / "metrics.json").read_text())
     assert 0 <= m["test_accuracy"] <= 1 and "test_accuracy_without_tta" in m and 0 < m["recon_mse"] < 0.3
     model = keras.saving.load_model(run / "model.keras", safe_mode=True, compile=False)
@@ -146,122 +150,12 @@ def test_v4_trials_run_on_smoke(name, tmp_path, cifar_dir):
     assert config["trial"]["momentum"] == 0.85 and config["trial"]["augmentation"]["flip"] == "alternate"
 
 
-@pytest.mark.parametrize("name, base, changed", [
-    ("v4-joint-fast-b256", "v4-joint-fast", {"batch_size"}),
-    ("v4-joint-fast-b256-recon40", "v4-joint-fast-b256", {"recon_weight"}),
-    ("v4-joint-fast-b256-recon40-narrow", "v4-joint-fast-b256-recon40", {"model_args", "presets"}),
-    ("v4-joint-fast-b256-recon20-narrow", "v4-joint-fast-b256-recon40-narrow", {"recon_weight"}),
-    ("v4-joint-fast-b256-recon40-narrow-lookahead", "v4-joint-fast-b256-recon40-narrow", {"lookahead"}),
-    ("v4-joint-fast-b256-recon40-narrow-lookahead-lr0.75", "v4-joint-fast-b256-recon40-narrow-lookahead",
-     {"learning_rate"}),
-    ("v4-joint-fast-b256-recon40-narrow-lookahead-lr0.375", "v4-joint-fast-b256-recon40-narrow-lookahead",
-     {"learning_rate"}),
-    ("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj", "v4-joint-fast-b256-recon40-narrow-lookahead",
-     {"logit_adjustment"}),
-    ("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-biaslr16",
-     "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj", {"model_args"}),
-    ("v4-joint-fast-b256-recon40-mid", "v4-joint-fast-b256-recon40", {"model_args", "presets"}),
-    ("v4-joint-fast-recon40-lookahead-logitadj", "v4-joint-fast", {"recon_weight", "lookahead", "logit_adjustment"}),
-    ("v4-joint-fast-recon40-lookahead-logitadj-wd", "v4-joint-fast-recon40-lookahead-logitadj", {"weight_decay"}),
-    ("v4-joint-fast-recon40-lookahead-logitadj-wd-decnowd", "v4-joint-fast-recon40-lookahead-logitadj-wd",
-     {"weight_decay_skip"}),
-    ("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd", "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj",
-     {"weight_decay"}),
-    ("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375",
-     "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd", {"learning_rate"}),
-    ("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-translate4",
-     "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375", {"augmentation"}),
-    ("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-droplast",
-     "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375", {"drop_last"}),
-    ("v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-droplast-alltrain",
-     "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375-droplast", {"validation"}),
-    ("v4-joint-fast-b256-recon40-mid-lookahead-logitadj-wd-lr0.375",
-     "v4-joint-fast-b256-recon40-narrow-lookahead-logitadj-wd-lr0.375", {"model_args", "presets"}),
-    ("v4-joint-fast-b256-recon40-lookahead-logitadj-wd-lr0.375", "v4-joint-fast-recon40-lookahead-logitadj-wd",
-     {"batch_size", "learning_rate"}),
-    ("v4-joint-fast-recon100-lookahead-logitadj-wd", "v4-joint-fast-recon40-lookahead-logitadj-wd", {"recon_weight"}),
-    ("v4-joint-fast-norecon", "v4-joint-fast", {"loss_weights", "recon_weight"}),
-    ("v4-airbench94", "v4-joint-fast-norecon", {"model_args", "train_set", "lookahead", "presets", "weight_decay"}),
-    ("v4-joint-fast-balanced", "v4-joint-fast", {"train_set"}),
-    ("v4-joint-fast-b256-norecon", "v4-joint-fast-norecon", {"batch_size"}),
-    ("v4-joint-fast-b256-balanced", "v4-joint-fast-balanced", {"batch_size"})])
-def test_each_v4_variant_changes_only_what_its_name_says(name, base, changed):
-    import dataclasses
-    a, b = TRIALS[name], TRIALS[base]
-    differ = {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
-    assert differ == changed | {"name", "description"}
-
-
-def test_every_control_base_has_its_control_trials():
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    import fast
-    for base in fast.CONTROL_BASES:
-        names = [name for name, _, _ in fast.controls_of(base)]
-        assert names[0] == base and all(name in TRIALS for name in names), names
-        assert TRIALS[f"{base}-norecon"].loss_weights["reconstruction"] == 0
-        assert TRIALS[f"{base}-balanced"].train_set == "balanced"
-
-
 def test_trick_fields_are_checked():
     with pytest.raises(TrialError, match="momentum applies to optimizer='sgd' only"):
         run_trial("v3-joint-resnet", "smoke", 0, momentum=0.9)
     with pytest.raises(TrialError, match="whitening=True needs a builder with a `whiten` layer"):
         run_trial("v2-joint-noaug", "smoke", 0, whitening=True)
-    assert TRIALS["v4-joint-fast"].ema_momentum is None and TRIALS["v2-joint-noaug"].whitening is False
-
-
-def test_the_v4_ablation_table_is_built_from_its_kept_run_folders(tmp_path, cifar_dir, monkeypatch):
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    import fast
-    rows = {r: fast.ABLATIONS[r] for r in ("baseline", "no-label-smoothing")}
-    monkeypatch.setattr(fast, "ABLATIONS", rows)
-    args = ["ablation", "--preset", "smoke", "--runs", str(tmp_path / "runs"), "--keep", str(tmp_path / "kept")]
-    fast.main(args + ["--output", str(tmp_path / "first"), "--noise-seeds", "1"])
-    text = (tmp_path / "first.md").read_text()
-    assert "| baseline |" in text and "| no-label-smoothing |" in text and " pt |" in text
-    assert "the baseline at seeds 0, 1 scores" in text and "| baseline-seeds" not in text  # a note, not a row
-    fast.main(args + ["--table-only", "--output", str(tmp_path / "again")])  # from the kept copies alone
-    assert (tmp_path / "again.md").read_text().split("\n")[4:] == text.split("\n")[4:]
-    assert json.loads((tmp_path / "again.json").read_text())["rows"]["baseline"]["runs"][0].startswith(str(tmp_path / "kept"))
-    with pytest.raises(SystemExit):
-        fast.main(["ablation", "--commit"])  # --commit without --keep: refused before anything runs
-
-
-def test_the_v4_sweep_is_tabled_against_the_leads_own_run(tmp_path, cifar_dir):
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    import fast
-    run_trial(fast.SWEEP_BASE, "smoke", 0, tmp_path / "reference", verbose=0)  # the lead's own run, not retrained
-    args = ["sweep", "--preset", "smoke", "--runs", str(tmp_path / "runs"), "--reference", str(tmp_path / "reference"),
-            "--rows", "lr-0.75", "--output", str(tmp_path / "sweep")]
-    fast.main(args)
-    text = (tmp_path / "sweep.md").read_text()
-    assert "| lead |" in text and "| lr-0.75 |" in text and " pt |" in text
-    assert not (tmp_path / "runs" / "lead").exists()
-    run = next((tmp_path / "runs" / "lr-0.75").rglob("config.json"))
-    assert json.loads(run.read_text())["trial"]["learning_rate"] == 0.75
-    with pytest.raises(SystemExit):
-        fast.main(["sweep", "--rows", "no-such-row"])  # refused before anything runs
-
-
-def test_the_narrow_sweep_keeps_the_leads_other_model_args_and_tables_its_adjusted_validation(tmp_path, cifar_dir):
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    import fast
-    run_trial(fast.NARROW_LEAD, "smoke", 0, tmp_path / "reference", verbose=0)
-    fast.main(["sweep", "--base", fast.NARROW_LEAD, "--preset", "smoke", "--runs", str(tmp_path / "runs"),
-               "--reference", str(tmp_path / "reference"), "--rows", "bias-lr-16", "--output", str(tmp_path / "sweep")])
-    header, _, lead, row = (tmp_path / "sweep.md").read_text().split("\n")[4:8]
-    assert "val balanced acc, logit-adjusted" in header and lead.startswith("| lead |") and row.startswith("| bias-lr-16 |")
-    assert all(cell.strip() for cell in row.split("|")[1:7]), row  # every row has its balanced validation number
-    model_args = json.loads(next((tmp_path / "runs").rglob("config.json")).read_text())["trial"]["model_args"]
-    assert model_args["bias_lr_scale"] == 16.0 and tuple(model_args["widths"]) == (32, 128, 128)
+    assert TRIALS["v4-joint-lead"].ema_momentum is None and TRIALS["v2-joint-noaug"].whitening is False
 
 
 def test_airbench_convs_start_as_identities():
@@ -280,42 +174,7 @@ def test_airbench_convs_start_as_identities():
 
 def test_the_trick_table_shows_the_builders_own_tricks_at_their_resolved_values():
     from cifar_ae.notebooks import tricks_table
-    rows = {r[0]: r for r in tricks_table(TRIALS["v4-joint-fast"]).rows}
+    rows = {r[0]: r for r in tricks_table(FAST).rows}
     assert rows["model_args.dirac"][2:] == ["True", "False", "on"] and rows["model_args.bn_momentum"][2] == "0.6"
     assert rows["model_args.head_std"][4] == "off"  # a builder default, not written in the trial
     assert tricks_table(TRIALS["v3-joint-resnet-patch"]).rows[-1][2] == "0.9"  # resnet_joint's own default
-
-
-def test_the_leaderboard_rereads_each_result_from_its_kept_run_folders(tmp_path, monkeypatch):
-    import sys
-    from pathlib import Path
-    root = Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(root / "benchmarks"))
-    import fast
-    monkeypatch.chdir(root)  # the JSONs name their kept folders relative to the repo
-    fast.main(["leaderboard", "--output", str(tmp_path / "board")])
-    text = (tmp_path / "board.md").read_text()
-    row = next(line for line in text.splitlines() if line.startswith("| v4-joint-fast-b256-recon40-narrow-lookahead |"))
-    assert "| 0, 1, 2 | 0.144 |" in row and "| 89.89% ± 0.16 |" in row and "0.11 pt short" in row
-    # a result whose run folders are gone is refused, not tabled from the JSON's own numbers
-    result = json.loads((root / "results/time_to_accuracy_v4.json").read_text())
-    result["per_seed"][1]["kept_folder"] = str(tmp_path / "gone")
-    (tmp_path / "results").mkdir()
-    (tmp_path / "results/time_to_accuracy_v4.json").write_text(json.dumps(result))
-    with pytest.raises(SystemExit, match="gone are missing; restore them"):
-        fast.main(["leaderboard", "--results", str(tmp_path / "results"), "--output", str(tmp_path / "none")])
-    assert not (tmp_path / "none.md").exists()
-
-
-@pytest.mark.parametrize("pflops, test, mse, seeds, verdict", [
-    (0.144, 0.9012, 0.0005, [0, 1, 2], "90% within 0.15 PFLOP: **met**"),
-    (0.144, 0.9012, 0.0005, [0, 1], "90% within 0.15 PFLOP: 2 of 3 seeds"),
-    (0.144, 0.8989, 0.0012, [0, 1, 2], "90% within 0.15 PFLOP: 0.11 pt short, MSE over 0.001"),
-    (0.155, 0.9132, 0.0007, [0, 1, 2], "93% within 0.36 PFLOP: 1.68 pt short"),
-    (0.400, 0.9400, 0.0007, [0, 1, 2], "over every goal's budget (0.36 PFLOP)")])
-def test_goal_verdicts_name_what_is_short(pflops, test, mse, seeds, verdict):
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    import fast
-    assert fast.goal_verdict({"train_pflops": pflops, "test_accuracy": test, "recon_mse": mse, "seeds": seeds}) == verdict

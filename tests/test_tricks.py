@@ -4,13 +4,13 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
 from cifar_ae import tricks as T
+from cifar_ae.experiments import row_trial as row
 from cifar_ae.training import run_trial
 
 
@@ -37,10 +37,9 @@ def test_batch_stages_cover_every_epoch_once():
     assert T.batch_stages((256,), 5) == [(0, 5, 256)]
 
 
-@pytest.mark.parametrize("name", ["v3-joint-resnet", "v3-joint-resnet-lean", "v3-joint-resnet-patch",
-                                  "v3-joint-resnet-autoaugment"])
+@pytest.mark.parametrize("name", ["v3-joint-resnet", "v3:lean", "v3-joint-resnet-patch", "v3:autoaugment"])
 def test_new_trials_run_on_smoke(name, tmp_path, cifar_dir):
-    run = run_trial(name, "smoke", out_dir=tmp_path, verbose=0)
+    run = run_trial(row(name) if ":" in name else name, "smoke", out_dir=tmp_path, verbose=0)
     m = json.loads((run / "metrics.json").read_text())
     assert 0 <= m["test_accuracy"] <= 1 and "test_accuracy_without_tta" in m and 0 < m["recon_mse"] < 0.25
 
@@ -63,7 +62,7 @@ def test_v3_autoencoder_and_frozen_feature_classifier_run_on_smoke(tmp_path, cif
     assert not layers["patchify"].trainable and layers["render"].trainable and layers["cls_stem_conv"].trainable
     assert model.get_layer("render").output.shape[1:] == (32, 32, 16)
     # ... and the decoded one reads the code through the autoencoder's frozen decoder
-    run = run_trial("v3-feature-resnet-decoded", "smoke", out_dir=tmp_path, verbose=0)
+    run = run_trial(row("v3:feature-resnet-decoded"), "smoke", out_dir=tmp_path, verbose=0)
     model = keras.saving.load_model(run / "model.keras", safe_mode=True, compile=False)
     layers = {layer.name: layer for layer in model.layers}
     assert not layers["features"].trainable and not layers["unpatchify"].trainable and layers["cls_stem_conv"].trainable
@@ -87,28 +86,12 @@ def test_every_trick_switches_off(tmp_path, cifar_dir):
     assert "test_accuracy_without_tta" not in json.loads((run / "metrics.json").read_text())
 
 
-def test_ablation_loop_writes_a_table_from_run_folders(tmp_path, cifar_dir):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    import ablation
-    out, kept = tmp_path / "ablation", tmp_path / "kept"
-    ablation.main(["--preset", "smoke", "--rows", "baseline", "no-label-smoothing", "--runs", str(tmp_path / "runs"),
-                   "--keep", str(kept), "--output", str(out)])
-    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
-    assert [r["row"] for r in rows] == ["baseline", "no-tta", "no-label-smoothing"]
-    config = json.loads((kept / "no-label-smoothing" / "v3-joint-resnet" / "smoke-s0-no-label-smoothing" / "config.json").read_text())
-    assert config["trial"]["label_smoothing"] == 0.0
-    table = out.with_suffix(".md").read_text()
-    ablation.main(["--preset", "smoke", "--table-only", "--runs", str(kept), "--output", str(out)])
-    assert out.with_suffix(".md").read_text().split("\n")[4:] == table.split("\n")[4:]  # same rows from the copies
-    with pytest.raises(SystemExit, match="no complete ablation runs"):
-        ablation.main(["--preset", "smoke", "--table-only", "--runs", str(tmp_path / "empty"), "--output", str(out)])
-
-
 MIRRORED = textwrap.dedent("""
     import json, sys, tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from cifar_ae.training import run_trial
+    from cifar_ae.experiments import row_trial as row
+from cifar_ae.training import run_trial
     run = run_trial("v2-joint-noaug", "smoke", out_dir=sys.argv[1], verbose=0, strategy="mirrored")
     strategy = tf.distribute.MirroredStrategy()
     print(json.dumps({"replicas": strategy.num_replicas_in_sync, "metrics": str(run / "metrics.json")}))
@@ -149,11 +132,11 @@ def test_a_lookahead_run_interrupted_after_epoch_1_resumes_to_the_uninterrupted_
                 raise KeyboardInterrupt("interrupted")
 
     kw = dict(epochs=3, verbose=0, lookahead=0.95, batch_size=32)  # 8 steps an epoch: pulls at 5, 10, .., 24
-    whole = run_trial("v4-joint-fast-b256-recon40-narrow", "smoke", 0, out_dir=tmp_path / "whole", **kw)
+    whole = run_trial(row("v4:narrow"), "smoke", 0, out_dir=tmp_path / "whole", **kw)
     with pytest.raises(KeyboardInterrupt):
-        run_trial("v4-joint-fast-b256-recon40-narrow", "smoke", 0, out_dir=tmp_path / "cut", callbacks=[Interrupt()],
+        run_trial(row("v4:narrow"), "smoke", 0, out_dir=tmp_path / "cut", callbacks=[Interrupt()],
                   **kw)
-    cut = run_trial("v4-joint-fast-b256-recon40-narrow", "smoke", 0, out_dir=tmp_path / "cut", **kw)
+    cut = run_trial(row("v4:narrow"), "smoke", 0, out_dir=tmp_path / "cut", **kw)
     rows = [list(csv.DictReader(open(r / "history.csv"))) for r in (whole, cut)]
     for key in ("loss", "val_loss", "val_reconstruction_mse"):  # epochs 2 and 3 pull toward the restored copy
         assert [float(r[key]) for r in rows[1]] == pytest.approx([float(r[key]) for r in rows[0]], rel=1e-5), key
@@ -165,8 +148,8 @@ def test_a_lookahead_run_interrupted_after_epoch_1_resumes_to_the_uninterrupted_
 def test_weight_decay_skip_leaves_the_named_layers_undecayed(tmp_path):
     from cifar_ae import models as M
     from cifar_ae.training import compile_model
-    from cifar_ae.trials import TrialError, get_trial
-    trial = get_trial("v4-joint-fast-recon40-lookahead-logitadj-wd", weight_decay_skip=("dec", "patch_code"))
+    from cifar_ae.trials import TrialError
+    trial = row("v4:wide-lead-wd").replace(weight_decay_skip=("dec", "patch_code"))
     model = compile_model(M.fast_joint(widths=(8, 16, 16), decoder_width=8), trial)
     variables = model.trainable_variables
     before = [v.numpy().copy() for v in variables]

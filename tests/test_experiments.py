@@ -1,0 +1,177 @@
+"""Experiments as data (cifar_ae.experiments): every file reads and builds, every committed run folder is the run
+its row defines, tables regenerate from run folders, and a new row trains through the runner with no code change."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cifar_ae import experiments as X, runs
+from cifar_ae.trials import TRIALS
+from cifar_ae.training import builder_defaults, check_buildable
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "results"
+EXPERIMENTS = X.all_experiments()
+
+
+def test_the_registry_is_small_and_the_listing_fits_one_screen():
+    assert len([t for t in TRIALS if t.startswith(("v0", "v1", "v2", "v3", "v4"))]) <= 15
+    out = subprocess.run([sys.executable, "-m", "cifar_ae", "list", "--no-flops"], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    assert len(out.splitlines()) <= 40 and "v4-joint-lead" in out
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_every_row_of_every_experiment_builds(name):
+    experiment = EXPERIMENTS[name]
+    assert experiment.rows, name
+    for row in experiment.rows.values():
+        check_buildable(row.trial)  # the builder takes its model_args; an upstream is an autoencoder trial
+        assert row.why and len(row.name) <= 30, row.name
+
+
+def test_every_formerly_registered_trial_is_a_row():
+    formerly = {r.formerly for e in EXPERIMENTS.values() for r in e.rows.values() if r.formerly}
+    # the 46 trials registered before the move less the 15 kept, and the lead's old name (now v4-joint-lead)
+    assert len(formerly) == 46 - 15 + 1 and not formerly & set(TRIALS)
+    lead = EXPERIMENTS["v4"].rows["lead"]
+    assert lead.formerly.endswith("-alltrain-lightdec") and lead.trial.replace(name="v4-joint-lead",
+                                                                               description="") == TRIALS["v4-joint-lead"].replace(description="")
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_each_row_changes_only_what_its_changes_name(name):
+    import dataclasses
+    for row in EXPERIMENTS[name].rows.values():
+        if row.parent not in EXPERIMENTS[name].rows:
+            continue
+        parent = EXPERIMENTS[name].rows[row.parent].trial
+        differ = {f.name for f in dataclasses.fields(row.trial)
+                  if runs.canonical(getattr(row.trial, f.name)) != runs.canonical(getattr(parent, f.name))}
+        assert differ - {"name", "description"} == set(row.changes), (name, row.name)
+
+
+def test_controls_change_what_their_names_say():
+    for experiment in EXPERIMENTS.values():
+        for row in experiment.rows.values():
+            if row.name.endswith("-norecon"):
+                assert row.trial.loss_weights["reconstruction"] == 0 and row.trial.recon_weight is None
+            if "-balanced" in row.name:
+                assert row.trial.train_set == "balanced"
+
+
+def _committed_runs():
+    for name, experiment in EXPERIMENTS.items():
+        for run in sorted((RESULTS / "runs" / name).glob("*/*-s*")):
+            yield experiment, experiment.rows[run.parent.name], run
+
+
+def test_every_committed_run_folder_is_the_run_its_row_defines():
+    """Its stored key's trial fields and settings are what the row builds today (so moving a trial into a row kept
+    its key); folders from before run keys are compared on the trial fields they recorded."""
+    checked = 0
+    for experiment, row, run in _committed_runs():
+        config = json.loads((run / "config.json").read_text())
+        preset = run.name.rsplit("-s", 1)[0]
+        settings = {**row.trial.settings(preset), **({"epochs": row.epochs} if row.epochs else {})}
+        defaults = builder_defaults(row.trial.model)
+        recorded = config["key"]["trial"] if "key" in config else config["trial"]
+        mine = runs.key_fields(row.trial, defaults)
+        for key in set(recorded) - set(runs.key_fields(row.trial)) - {"name", "description", "study", "presets"}:
+            mine.setdefault(key, getattr(row.trial, key))  # an old config records every field
+        mine = {k: v for k, v in runs.canonical(mine).items() if k in recorded or k in runs.BASE_FIELDS}
+        theirs = {k: v for k, v in runs.canonical(recorded).items() if k not in ("name", "description", "study", "presets")}
+        theirs["model_args"] = {k: v for k, v in theirs["model_args"].items()
+                                if runs.canonical(defaults.get(k, object)) != v}
+        if row.trial.precision == "auto":  # recorded as what "auto" chose on that machine
+            mine["precision"] = theirs["precision"]
+        assert mine == theirs, (run, {k: (mine.get(k), theirs.get(k)) for k in mine if mine.get(k) != theirs.get(k)})
+        stored = config["key"]["settings"] if "key" in config else config["settings"]
+        assert stored["epochs"] == settings["epochs"], run
+        checked += 1
+    assert checked >= 100
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_committed_tables_regenerate_from_their_run_folders(name):
+    path = RESULTS / f"{name}.json"
+    if not (RESULTS / "runs" / name).is_dir():
+        pytest.skip(f"{name} has no committed runs")
+    committed = json.loads(path.read_text())
+    _, fresh = X.table(EXPERIMENTS[name], RESULTS / "runs", command=committed["command"])
+    rel = lambda rows: [{**r, "runs": [str(Path(p).relative_to(REPO)) if Path(p).is_absolute() else p for p in r["runs"]]}
+                        for r in rows]
+    assert runs.canonical(rel(fresh["rows"])) == runs.canonical(rel(committed["rows"]))
+
+
+def test_a_bad_row_names_the_file_the_row_and_the_fix(tmp_path):
+    bad = tmp_path / "bad.toml"
+    head = 'description = "x"\nbase = "v2-joint-noaug"\npreset = "smoke"\nseeds = [0]\n'
+    for body, message in [
+            ('[rows.a]\nwhy = "w"\nchanges = { learning_rat = 0.1 }\n', "row 'a': unknown Trial field 'learning_rat'"),
+            ('[rows.a]\nwhy = "w"\nchanges = { learning_rate = -1 }\n', "row 'a': learning_rate must be"),
+            ('[rows.a]\nwhy = "w"\nparent = "v2-joint-noag"\n', "did you mean v2-joint-noaug"),
+            ('[rows.a]\nchanges = {}\n', "row 'a': needs a one-line why"),
+            ('[rows.a]\nwhy = "w"\nparent = "b"\n[rows.b]\nwhy = "w"\nparent = "a"\n', "parents loop"),
+            ('[rows.a]\nwhy = "w"\nepoch = 3\n', "unknown key 'epoch'")]:
+        bad.write_text(head + body)
+        with pytest.raises(X.ExperimentError, match=message) as info:
+            X.load_experiment(bad)
+        assert str(bad) in str(info.value)
+    bad.write_text("seeds = [0\n")
+    with pytest.raises(X.ExperimentError, match="not valid TOML"):
+        X.load_experiment(bad)
+
+
+def test_a_new_row_trains_through_the_runner_with_no_code_change(tmp_path, cifar_dir):
+    """A row added to a copy of an experiment file trains on smoke, lands in <runs>/<experiment>/<row>/<preset>-s<seed>,
+    is reused on a second call, and appears in the generated table; --commands lists only what is missing."""
+    exp_file = tmp_path / "v2_new.toml"
+    exp_file.write_text('description = "a new line of research"\nbase = "v2-joint-noaug"\npreset = "smoke"\n'
+                        'seeds = [0]\ntest_every_epoch = true\n\n[rows.base]\nwhy = "the base"\nchanges = {}\n\n'
+                        '[rows.lr3e-4]\nwhy = "a lower learning rate"\nchanges = { learning_rate = 3e-4 }\n')
+    before = subprocess.run(["git", "status", "--porcelain", "cifar_ae"], cwd=REPO, capture_output=True, text=True).stdout
+    cli = [sys.executable, "-m", "cifar_ae", "experiment", str(exp_file), "--runs", str(tmp_path / "runs")]
+    listed = subprocess.run(cli + ["--commands"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert len(listed.splitlines()) == 2 and "--rows lr3e-4 --seeds 0 --preset smoke" in listed
+    subprocess.run(cli + ["--rows", "lr3e-4"], cwd=REPO, capture_output=True, text=True, check=True)
+    run = tmp_path / "runs" / "v2_new" / "lr3e-4" / "smoke-s0"
+    config = json.loads((run / "config.json").read_text())
+    assert config["trial"]["learning_rate"] == 3e-4 and config["trial"]["name"] == "v2_new.lr3e-4"
+    assert "test_accuracy" in (run / "history.csv").read_text().splitlines()[0]  # test_every_epoch
+    again = subprocess.run(cli + ["--rows", "lr3e-4"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "complete run found" in again
+    listed = subprocess.run(cli + ["--commands"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert listed.split() == ["python", "-m", "cifar_ae", "experiment", str(exp_file), "--rows", "base", "--seeds", "0",
+                              "--preset", "smoke", "--runs", str(tmp_path / "runs")]
+    table = json.loads((tmp_path / "runs" / "v2_new.json").read_text())
+    assert [r["row"] for r in table["rows"]] == ["lr3e-4"] and table["rows"][0]["seeds"] == [0]
+    assert subprocess.run(["git", "status", "--porcelain", "cifar_ae"], cwd=REPO, capture_output=True,
+                          text=True).stdout == before
+
+
+def test_goal_verdicts_name_what_is_short():
+    goals = EXPERIMENTS["v4"].goals
+    row = {"train_pflops": 0.35, "test_accuracy": 0.925, "recon_mse": 0.002, "seeds": [0]}
+    assert X.goal_verdict(goals, row) == "93% within 0.36 PFLOP: 0.50 pt short, MSE over 0.001, 1 of 3 seeds"
+    row = {"train_pflops": 0.14, "test_accuracy": 0.91, "recon_mse": 0.0009, "seeds": [0, 1, 2]}
+    assert X.goal_verdict(goals, row) == "90% within 0.15 PFLOP: **met**"
+
+
+def test_the_readme_and_the_results_index_are_generated_and_current():
+    from cifar_ae import front
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    block = readme.split(front.BEGIN, 1)[1].split(front.END, 1)[0]
+    assert block.strip() == front.headline_table().strip()
+    assert readme[:readme.index(front.END)].count("\n") < 60  # the results table is on the first screen
+    assert (RESULTS / "README.md").read_text() == front.results_index()
+
+
+def test_tracked_results_stay_small():
+    files = subprocess.run(["git", "ls-files", "-z", "results"], cwd=REPO, capture_output=True, check=True).stdout
+    total = sum((REPO / f).stat().st_size for f in files.decode().split("\0") if f and (REPO / f).is_file())
+    assert total <= 10 * 2**20, f"tracked results/ is {total / 2**20:.1f} MiB; keep figures out of run folders"

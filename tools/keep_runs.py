@@ -1,0 +1,50 @@
+"""Dev script, not the package: copy finished runs' small files (config.json, history.csv, metrics.json) from a runs
+root into results/runs, keeping <experiment>/<row>/<preset>-s<seed>, and commit each one, so a long job killed
+mid-way keeps what it measured. Run it beside a long experiment, e.g. every few minutes:
+
+    python tools/keep_runs.py runs/v4 --commit        # then: python -m cifar_ae report --index
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+from pathlib import Path
+
+SMALL_FILES = ("config.json", "history.csv", "metrics.json")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def keep(run: Path, runs_root: Path, dest_root: Path) -> Path | None:
+    """Copy one complete run's small files; None if it is not complete or already kept unchanged."""
+    if not (run / "metrics.json").is_file():
+        return None
+    dest = dest_root / run.relative_to(runs_root)
+    if all((dest / n).is_file() and (dest / n).read_bytes() == (run / n).read_bytes() for n in SMALL_FILES if (run / n).is_file()):
+        return None
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SMALL_FILES:
+        if (run / name).is_file():
+            shutil.copy2(run / name, dest / name)
+    return dest
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", type=Path, help="a runs root or a folder under it, e.g. runs/v4")
+    ap.add_argument("--runs", type=Path, default=Path("runs"), help="the runs root the folder lies under")
+    ap.add_argument("--dest", type=Path, default=REPO / "results" / "runs")
+    ap.add_argument("--commit", action="store_true", help="commit each kept run at once (only its files)")
+    args = ap.parse_args(argv)
+    for metrics in sorted(args.folder.glob("**/metrics.json")):
+        kept = keep(metrics.parent, args.runs, args.dest)
+        if kept is not None:
+            print(f"kept {kept}")
+            if args.commit:
+                subprocess.run(["git", "-C", str(REPO), "add", "--", str(kept)], check=True)
+                subprocess.run(["git", "-C", str(REPO), "commit", "-q", "-m", f"results: {kept.relative_to(args.dest)}",
+                                "--", str(kept)], check=True)
+
+
+if __name__ == "__main__":
+    main()
