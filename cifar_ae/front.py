@@ -70,9 +70,9 @@ def results_index(results=REPO / "results") -> str:
         lines.append(f"| [{path.stem}.md]({path.stem}.md) | {title} | {runs} | `{command}` |")
     lines += ["", "Run folders: `runs/<experiment>/<row>/<preset>-s<seed>` (experiments/*.toml); `runs/study/<trial>/` "
               "(the study's table); `runs/<trial>/` (registered trials' own runs, e.g. upstream autoencoders). "
-              "`runs/augmentation`, `runs/blocks`, `runs/study/side`, `runs/v4_before_fix` and `runs/v4_probe_headstd1` "
-              "keep the layout of the scripts that made them (benchmarks/augmentation.py, benchmarks/blocks.py, "
-              "benchmarks/study.py; the last two are runs from code before later fixes, kept for the record).", ""]
+              "`runs/study` and `runs/study/side` keep the layout of tools/study_runs.py, which made them (capped runs and "
+              "their capped upstream autoencoders). `runs/v4_before_fix` and `runs/v4_probe_headstd1` are runs from "
+              "code before later fixes, kept for the record; no table reads them.", ""]
     return "\n".join(lines)
 
 

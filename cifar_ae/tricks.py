@@ -1,7 +1,7 @@
 """Training tricks beyond the study, each named by a Trial field and off when that field is at its off value.
 
 TRICKS lists them as data (field, what it does, off value): `python -m cifar_ae list` trials use them, the v3
-notebook tables them for its trial, and benchmarks/ablation.py switches each off in turn (results/ablation.md).
+notebook tables them for its trial, and experiments/v3_ablation.toml and v4_ablation.toml switch each off in turn (results/v3_ablation.md, v4_ablation.md).
 """
 from __future__ import annotations
 

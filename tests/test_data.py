@@ -189,7 +189,7 @@ def test_class_weights_favour_rare_classes():
 def test_the_pca_reference_is_exact_at_full_rank_and_worse_with_fewer_components():
     import importlib.util
     from pathlib import Path
-    spec = importlib.util.spec_from_file_location("pca_reference", Path(__file__).parents[1] / "benchmarks" / "pca_reference.py")
+    spec = importlib.util.spec_from_file_location("pca_reference", Path(__file__).parents[1] / "tools" / "pca_reference.py")
     pca = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pca)
     rng = np.random.default_rng(0)

@@ -1,7 +1,6 @@
 """Experiments as data (cifar_ae.experiments): every file reads and builds, every committed run folder is the run
 its row defines, tables regenerate from run folders, and a new row trains through the runner with no code change."""
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path

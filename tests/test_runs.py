@@ -347,7 +347,7 @@ def test_a_torn_checkpoint_is_named_in_a_one_line_error(tmp_path, cifar_dir):
 
 def test_the_study_loop_caps_a_classifiers_autoencoder_by_its_own_name(tmp_path, cifar_dir, capsys):
     import importlib.util
-    spec = importlib.util.spec_from_file_location("study_bench", Path(__file__).parents[1] / "benchmarks" / "study.py")
+    spec = importlib.util.spec_from_file_location("study_bench", Path(__file__).parents[1] / "tools" / "study_runs.py")
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
     with pytest.raises(SystemExit, match="bad --cap 'v0-mlp-aa': not a trial of the plan"):
@@ -371,7 +371,7 @@ def test_the_study_loop_caps_a_classifiers_autoencoder_by_its_own_name(tmp_path,
 
 def test_the_side_experiments_share_one_encoder_and_table_what_ran(tmp_path, cifar_dir):
     import importlib.util
-    spec = importlib.util.spec_from_file_location("study_bench", Path(__file__).parents[1] / "benchmarks" / "study.py")
+    spec = importlib.util.spec_from_file_location("study_bench", Path(__file__).parents[1] / "tools" / "study_runs.py")
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
     with pytest.raises(SystemExit, match="bad --rows 'decoder-transposed': not a side experiment"):

@@ -107,7 +107,8 @@ def test_a_smoke_search_and_benchmark_leave_committed_files_alone(tmp_path, cifa
     env = {**tuning_env(tmp_path), "PYTHONPATH": str(clone)}
     env.pop("CIFAR_AE_TUNED_TRIALS")
     for cmd in ([sys.executable, "-m", "cifar_ae", "tune", "--tuner", "random", "--max-trials", "1", "--preset", "smoke"],
-                [sys.executable, "benchmarks/ablation.py", "--preset", "smoke", "--rows", "baseline"]):
+                [sys.executable, "-m", "cifar_ae", "experiment", "experiments/v3_ablation.toml", "--preset", "smoke",
+                 "--rows", "baseline"]):
         out = subprocess.run(cmd, cwd=clone, env=env, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
     status = subprocess.run(git + ["status", "--porcelain"], capture_output=True, text=True, check=True).stdout

@@ -15,13 +15,10 @@ SMALL_FILES = ("config.json", "history.csv", "metrics.json")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def keep(run: Path, runs_root: Path, dest_root: Path) -> Path | None:
-    """Copy one complete run's small files; None if it is not complete or already kept unchanged."""
-    if not (run / "metrics.json").is_file():
-        return None
+def keep(run, runs_root, dest_root) -> Path:
+    """Copy one run's small files to dest_root, keeping its path below runs_root; returns the copy's folder."""
+    run, runs_root, dest_root = Path(run), Path(runs_root), Path(dest_root)
     dest = dest_root / run.relative_to(runs_root)
-    if all((dest / n).is_file() and (dest / n).read_bytes() == (run / n).read_bytes() for n in SMALL_FILES if (run / n).is_file()):
-        return None
     dest.mkdir(parents=True, exist_ok=True)
     for name in SMALL_FILES:
         if (run / name).is_file():
@@ -37,7 +34,11 @@ def main(argv=None):
     ap.add_argument("--commit", action="store_true", help="commit each kept run at once (only its files)")
     args = ap.parse_args(argv)
     for metrics in sorted(args.folder.glob("**/metrics.json")):
-        kept = keep(metrics.parent, args.runs, args.dest)
+        run = metrics.parent
+        dest = args.dest / run.relative_to(args.runs)
+        if all((dest / n).is_file() and (dest / n).read_bytes() == (run / n).read_bytes() for n in SMALL_FILES):
+            continue  # kept already, unchanged
+        kept = keep(run, args.runs, args.dest)
         if kept is not None:
             print(f"kept {kept}")
             if args.commit:

@@ -7,7 +7,6 @@ results/runs/main/. `--from-log LOG --run RUN` records a measurement already tak
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
