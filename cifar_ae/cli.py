@@ -25,11 +25,11 @@ def cmd_list(args):
         from .training import trial_flops
         flops = {name: trial_flops(t) for name, t in trials.items()}
     width = max(map(len, trials))
-    print(f"{'trial':<{width}}  {'GFLOP/img':>9}  {'epochs ' + '/'.join(PRESETS):<26} the study")
+    print(f"{'trial':<{width}}  {'train GFLOP/img':>15}  {'epochs ' + '/'.join(PRESETS):<26} the study")
     for t in trials.values():
         epochs = "/".join(str(t.settings(p)["epochs"]) for p in PRESETS)
         study = ", ".join(f"{k} {v}" for k, v in t.study.items() if k != "train_accuracy")
-        gflops = f"{flops[t.name] / 1e9:9.3f}" if t.name in flops else f"{'':9}"
+        gflops = f"{flops[t.name] / 1e9:15.3f}" if t.name in flops else f"{'':15}"
         print(f"{t.name:<{width}}  {gflops}  {epochs:<26} {study}")
     print("Variants, sweeps, ablations and controls: experiments/*.toml (python -m cifar_ae experiment FILE).")
 
