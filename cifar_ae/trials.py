@@ -34,7 +34,6 @@ PRESETS = {
 }
 SETTING_KEYS = tuple(PRESETS["smoke"])
 
-STUDY_AUGMENTATION = {"policy": "study", "flip": True, "translate": 4}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")  # trial, variant and run names become folder names
 
 

@@ -90,8 +90,7 @@ MIRRORED = textwrap.dedent("""
     import json, sys, tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from cifar_ae.experiments import row_trial as row
-from cifar_ae.training import run_trial
+    from cifar_ae.training import run_trial
     run = run_trial("v2-joint-noaug", "smoke", out_dir=sys.argv[1], verbose=0, strategy="mirrored")
     strategy = tf.distribute.MirroredStrategy()
     print(json.dumps({"replicas": strategy.num_replicas_in_sync, "metrics": str(run / "metrics.json")}))
