@@ -8,13 +8,7 @@ import argparse
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
-
-
-def _quiet_tensorflow():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    warnings.filterwarnings("ignore", message=r".*scipy\.ndimage.*", category=DeprecationWarning)
 
 
 def cmd_list(args):
@@ -56,10 +50,7 @@ def cmd_train(args):
     from .training import run_trial
     run = run_trial(args.name, args.preset, args.seed, args.out, epochs=args.epochs, force=args.force,
                     verbose=1 if sys.stdout.isatty() else 2, variant=args.variant, **parse_assignments(args.set))
-    metrics = json.loads((run / "metrics.json").read_text())
-    shown = {k: metrics[k] for k in ("test_accuracy", "balanced_accuracy", "recon_mse", "recon_psnr", "epochs") if k in metrics}
-    print(f"{run}: {json.dumps(shown)}")
-    print(against_the_study(metrics))
+    print(against_the_study(json.loads((run / "metrics.json").read_text())))  # run_trial printed the run's own line
 
 
 def against_the_study(m) -> str:
@@ -260,7 +251,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from .runinfo import set_command
     set_command(sys.argv[1:] if argv is None else argv)
-    _quiet_tensorflow()
+    from .quiet import quiet_tensorflow
+    quiet_tensorflow(import_now=False)
     from .data import DataError
     try:
         args.func(args)

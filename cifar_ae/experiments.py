@@ -270,7 +270,8 @@ def test_every_epoch_callback():
             self.x, self.y = data.x_test.astype(np.float32) / 255.0, data.y_test
 
         def on_epoch_end(self, epoch, logs=None):
-            out = self.model.predict(self.x, batch_size=512, verbose=0)
+            from .inference import predict
+            out = predict(self.model, self.x, 512)
             probs = out["label"] if isinstance(out, dict) else out
             if logs is not None:
                 logs["test_accuracy"] = float(np.mean(probs.argmax(1) == self.y))

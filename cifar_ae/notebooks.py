@@ -11,36 +11,30 @@ import html
 import io
 import json
 import os
-import sys
 from pathlib import Path
 
 from .notebooks_run import runs_root
 
 # --------------------------------------------------------------------------- notebook helpers: setup and display
 
-def _import_tensorflow_quietly():
-    """Import TensorFlow with C-level stderr muted: its import-time absl/oneDNN lines would otherwise land in the
-    first cell's output of every notebook. Python errors still show (they go through sys.stderr, not fd 2)."""
-    if "tensorflow" in sys.modules:
-        return
-    try:
-        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    except OSError:
-        return
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401 (imported for its side effect: its log lines go to /dev/null here)
-    except Exception:
-        pass  # the real import (cifar_ae.training) raises it again, visibly
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved), os.close(devnull)
-
-
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return buf.getvalue()
+
+
+def _check_checkout():
+    """Warn when the imported cifar_ae is not this notebook's checkout (two clones, one venv: the editable install
+    points at one of them, and autoreload would apply edits from the other tree)."""
+    here = Path.cwd().resolve()
+    repo = next((p for p in (here, *here.parents) if (p / "cifar_ae" / "__init__.py").is_file()), None)
+    imported = Path(__file__).resolve().parent.parent
+    if repo is not None and repo != imported:
+        message = (f"this notebook is in {repo}, but cifar_ae is imported from {imported}: edits to {repo / 'cifar_ae'} "
+                   f"will not apply. Fix: `pip install -e {repo}`, or start Jupyter with PYTHONPATH={repo}.")
+        import warnings
+        warnings.warn(message, stacklevel=3)
+        print("WARNING: " + message)
 
 
 def setup(preset, seed, cifar10_dir=None, runs=None, autoreload=True) -> Path:
@@ -49,11 +43,12 @@ def setup(preset, seed, cifar10_dir=None, runs=None, autoreload=True) -> Path:
     from .trials import PRESETS
     if preset not in PRESETS:
         raise ValueError(f"unknown preset '{preset}'; valid presets: {', '.join(PRESETS)}.")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if cifar10_dir:
         os.environ["CIFAR10_DIR"] = str(Path(cifar10_dir).expanduser())  # an upstream run trained on demand sees it too
     root = runs_root(runs)
-    _import_tensorflow_quietly()
+    _check_checkout()
+    from .quiet import quiet_tensorflow
+    quiet_tensorflow()
     try:
         from IPython import get_ipython
         from matplotlib.figure import Figure
@@ -114,14 +109,13 @@ def _load_run(run):
 
 
 def _overrides(config) -> dict:
-    """Fields where a run's trial differs from the registered trial of that name (a variant), else {}."""
+    """What a run changed against the registered trial of its name, by meaning (report.changed_fields: model_args
+    written out at their defaults are no change); {} for the trial as registered or a trial not registered."""
+    from .report import changed_fields
     from .trials import TRIALS
-    t = config.get("trial", {})
-    base = TRIALS.get(t.get("name"))
-    if base is None:
+    if config.get("trial", {}).get("name") not in TRIALS:
         return {}
-    registered = json.loads(json.dumps(base.to_dict()))
-    return {k: v for k, v in t.items() if registered.get(k) != v}
+    return changed_fields(config)
 
 
 def run_label(run) -> str:
@@ -258,8 +252,23 @@ def show_figures(run, *names):
         path = folder / f"{name}.png"
         if path.is_file():
             display(Image(filename=str(path)))
+        elif name == "tsne" and _settings(run).get("tsne_points", 1) < 20:
+            print(f"no t-SNE for this run: its preset ({_settings(run).get('preset', '?')}) skips it "
+                  f"(tsne_points={_settings(run).get('tsne_points')}); run `quick` or longer to see it")
         else:
             print(f"no {path} (this run has no {name} figure)")
+
+
+def _settings(run) -> dict:
+    config = json.loads((Path(run) / "config.json").read_text()) if (Path(run) / "config.json").is_file() else {}
+    return {**config.get("settings", {}), "preset": config.get("preset")}
+
+
+def auroc_table(run):
+    """An anomaly run's AUROC table (auroc.md) under the notebook's own headings (its '#' title left out)."""
+    from IPython.display import Markdown
+    text = (Path(run) / "auroc.md").read_text()
+    return Markdown(text.split("\n", 1)[1] if text.startswith("#") else text)
 
 
 def per_class_report(run) -> Table:

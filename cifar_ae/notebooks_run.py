@@ -137,7 +137,32 @@ def _clean_streams(nb):
     """Merge stream outputs and keep only what a terminal would show after carriage returns (progress bars)."""
     from nbconvert.preprocessors import CoalesceStreamsPreprocessor
     nb, _ = CoalesceStreamsPreprocessor().preprocess(nb, {})
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                out["text"] = terminal_text(out["text"])
     return nb
+
+
+def terminal_text(text: str) -> str:
+    """What a terminal shows for `text`: a carriage return goes back to the line's start and a backspace one
+    character left, each overwriting what follows (the Keras progress bar's redraws), so only the final state stays."""
+    lines, line, pos = [], [], 0
+    for ch in text:
+        if ch == "\n":
+            lines.append("".join(line).rstrip())
+            line, pos = [], 0
+        elif ch == "\r":
+            pos = 0
+        elif ch == "\b":
+            pos = max(0, pos - 1)
+        else:
+            if pos < len(line):
+                line[pos] = ch
+            else:
+                line.append(ch)
+            pos += 1
+    return "\n".join(lines + ["".join(line).rstrip()])
 
 
 def export_html(nb, path):

@@ -69,9 +69,11 @@ def compare_curves(histories: dict, title=None) -> Figure:
             if p[0] not in [q[0] for q in panels]:
                 panels.append(p)
     panels = panels or [("loss", "loss", "loss", False)]
-    fig = Figure(figsize=(4.6 * len(panels), 3.8))
+    cols = min(2, len(panels))  # two panels a row stay legible at a notebook's width
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(5.2 * cols, 3.4 * rows + 0.7))
     for i, (key, ptitle, ylabel, log) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax = fig.add_subplot(rows, cols, i + 1)
         n = 1
         for c, label in enumerate(labels):
             h = histories[label]
@@ -90,13 +92,15 @@ def compare_curves(histories: dict, title=None) -> Figure:
         if log and values.size and values.min() > 0 and values.max() / values.min() > 10:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color="black", ls="-", label="train"), Line2D([], [], color="black", ls="--",
-                                                                            label="validation")]
+    # markers in the legend too: a one-epoch run (smoke) draws single points, not lines
+    handles = [Line2D([], [], color="black", ls="-", marker="o", ms=4, label="train"),
+               Line2D([], [], color="black", ls="--", marker="o", ms=4, mfc="white", label="validation")]
     handles += [Line2D([], [], color=f"C{c}", lw=3, label=label) for c, label in enumerate(labels) if label]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=10, frameon=False)
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+        fig.suptitle(title, fontsize=11)
+    legend_rows = -(-len(handles) // 4)
+    fig.tight_layout(rect=(0, (0.35 * legend_rows + 0.1) / fig.get_figheight(), 1, 1))
     return fig
 
 

@@ -269,14 +269,13 @@ def load_run(run) -> dict:
 
 def changed_fields(config) -> dict:
     """What a run changed against its trial as registered: Trial fields and preset settings (epochs, ...)."""
-    from .runs import NOT_IN_KEY, canonical
+    from .runs import canonical, trial_changes
     from .trials import TRIALS
     t = config.get("trial", {})
     base = TRIALS.get(t.get("name"))
     if base is None:
         return {"trial": "not a registered trial"}
-    reg = canonical(base.to_dict())
-    out = {k: v for k, v in canonical(t).items() if k not in NOT_IN_KEY and reg.get(k) != v}
+    out = {k: v for k, v in trial_changes(base, t).items() if k != "presets"}  # settings: below
     preset = config.get("preset")
     if preset in PRESETS:
         reg_settings = canonical(base.settings(preset))

@@ -79,6 +79,28 @@ def key_fields(trial: Trial, builder_defaults: dict | None = None) -> dict:
     return fields
 
 
+def trial_changes(base, other) -> dict:
+    """What `other` changes against `base`, by meaning (Trials or their to_dict() records): {field: other's value}.
+
+    Fields that decide no result (names, prose, the study's numbers) are left out, and so are model_args entries
+    written out at the builder's defaults, as in a run's key: a notebook's model cell that spells out every argument
+    is the registered trial, and an edit shows as the one argument it changed."""
+    a = canonical(base.to_dict() if isinstance(base, Trial) else base)
+    b = canonical(other.to_dict() if isinstance(other, Trial) else other)
+    out = {k: v for k, v in b.items() if k not in ("name", "description", "study", "model_args") and a.get(k) != v}
+    args_a, args_b = a.get("model_args") or {}, b.get("model_args") or {}
+    if args_a != args_b:
+        defaults = {}
+        if a.get("model") == b.get("model"):
+            from .training import builder_defaults  # imports keras: only when model_args differ in spelling
+            defaults = canonical(builder_defaults(b["model"])) if b.get("model") else {}
+        full_a, full_b = {**defaults, **args_a}, {**defaults, **args_b}
+        changed = {k: full_b.get(k) for k in sorted(set(full_a) | set(full_b)) if full_a.get(k) != full_b.get(k)}
+        if changed:
+            out["model_args"] = changed
+    return out
+
+
 def run_key(trial: Trial, preset: str, settings: dict, seed: int, precision: str, data: dict,
             upstream: dict | None = None, builder_defaults: dict | None = None, builder_source: str | None = None) -> dict:
     """Everything that decides a run's result (see the module docstring). builder_source: a digest of the

@@ -26,6 +26,7 @@ import keras
 
 from . import compute, evaluate, hardware, memory, models, plots, resume, runs, tricks
 from .batches import ArrayBatches, steps_per_epoch
+from .inference import predict
 from .data import class_index, fit_scaling, load_cifar10, make_balanced, make_imbalanced, sample_weights, train_val_split
 from .optim import LR_SCHEDULES, OPTIMIZERS
 from .runinfo import command_line
@@ -344,6 +345,7 @@ def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=Fa
         runs.check_same_run(run, key_digest, runs.read_config(run), trial.model_args, defaults)
         if is_complete(run):
             print(f"[{trial.name}] complete run found at {run} (force=True / --force retrains it)")
+            print(summary_line(run, "reused"), flush=True)
             return run
     upstream_dir = None
     if plan.upstream is not None:
@@ -377,7 +379,9 @@ def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=Fa
                                            determinism, upstream_dir,
                                            {**speed, "train_flops_per_image": compute.train_flops_per_image(model),
                                             "builder_defaults": runs.canonical(defaults)})
-                return _train_and_record(trial, preset, seed, settings, run, data, model, callbacks, verbose)
+                _train_and_record(trial, preset, seed, settings, run, data, model, callbacks, verbose)
+                print(summary_line(run, "trained"), flush=True)
+                return run
             except BaseException:
                 # still holding the lock: a folder this process made, with no epoch committed, goes
                 if created and resume.read_state(run) is None and not (run / "model.keras").exists():
@@ -385,6 +389,15 @@ def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=Fa
                 raise
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def summary_line(run, how) -> str:
+    """One line that ends a run: trained or reused, its test accuracy and reconstruction MSE, and its folder."""
+    m = json.loads((Path(run) / "metrics.json").read_text())
+    parts = [f"test accuracy {100 * m['test_accuracy']:.2f}%" if "test_accuracy" in m else None,
+             f"reconstruction MSE {m['recon_mse']:.5f}" if "recon_mse" in m else None]
+    return (f"[{m.get('trial')}] {how}: " + ", ".join(p for p in parts if p) + f" after {m.get('epochs')} epoch(s) "
+            f"of {m.get('preset')}, seed {m.get('seed')} -> {run}")
 
 
 def _clear_run(run):
@@ -498,7 +511,7 @@ def evaluate_model(model, trial, data, run, settings, seed) -> dict:
     """Metrics on the test set and the run's figures; returns the metrics dict."""
     x_unit, x_in = _model_input(data["x_test"], data)
     t0 = time.perf_counter()
-    outputs = model.predict(x_in, batch_size=256, verbose=0)
+    outputs = predict(model, x_in, 256)
     infer_s = time.perf_counter() - t0
     names = data["class_names"]
     metrics = evaluate.evaluate_outputs(trial.task, x_unit, data["y_test"], outputs, names)
@@ -529,7 +542,8 @@ def evaluate_model(model, trial, data, run, settings, seed) -> dict:
     n = min(settings["tsne_points"], len(x_in))
     if n >= 20 and _has_layer(model, "features"):
         idx = np.random.default_rng(seed).choice(len(x_in), n, replace=False)
-        feats = models.encoder_of(model, "features").predict(x_in[idx], batch_size=256, verbose=0)
+        print(f"[{trial.name}] t-SNE of {n} test images' features...", flush=True)
+        feats = predict(models.encoder_of(model, "features"), x_in[idx], 256)
         plots.save(plots.tsne(feats, data["y_test"][idx], names, seed), figs / "tsne.png")
     return metrics
 
@@ -548,7 +562,7 @@ def _val_balanced(model, trial, data) -> dict:
     if trial.tta_flip or trial.tta_crops:
         out = tricks.predict_tta(model, x_in, flip=trial.tta_flip, crops=trial.tta_crops)
     else:
-        out = model.predict(x_in, batch_size=256, verbose=0)
+        out = predict(model, x_in, 256)
     probs = out["label"] if isinstance(out, dict) else out
     adjusted = tricks.adjust_for_prior(probs, data["y_train"], trial.logit_adjustment)
     return {"val_balanced_accuracy": round(float(balanced_accuracy_score(data["y_val"], adjusted.argmax(-1))), 4),

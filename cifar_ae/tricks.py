@@ -177,11 +177,13 @@ def predict_tta(model, x, batch_size=256, flip=True, crops=False):
     """Label probabilities averaged over test-time views: the image and its mirror (flip); with crops also the
     image shifted 1 px up-left and down-right (airbench's weights: 1/2 centre, 1/4 each shift). Other outputs
     (the reconstruction) come from the plain image."""
+    from .inference import predict
+
     def probs(v):
-        out = model.predict(v, batch_size=batch_size, verbose=0)
+        out = predict(model, v, batch_size)
         p = out["label"] if isinstance(out, dict) else out
         if flip:
-            q = model.predict(v[:, :, ::-1, :], batch_size=batch_size, verbose=0)
+            q = predict(model, v[:, :, ::-1, :], batch_size)
             p = (p + (q["label"] if isinstance(q, dict) else q)) / 2
         return out, p
     out, p = probs(x)

@@ -236,3 +236,9 @@ def test_anomaly_notebook_runs_top_to_bottom_on_smoke(tmp_path, anomaly_runs, mo
     notebook = Path(__file__).resolve().parent.parent / "notebooks" / "anomaly_detection.ipynb"
     papermill.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), kernel_name="python3",
                                parameters={"PRESET": "smoke", "RUNS": str(anomaly_runs)}, progress_bar=False)
+    import nbformat
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    shown = "".join(o.get("text", "") + "".join(str(v) for v in o.get("data", {}).values())
+                    for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    for noise in ("E0000", "absl", "retracing"):  # TensorFlow's log lines, silenced or avoided (cifar_ae/quiet.py)
+        assert noise not in shown, noise

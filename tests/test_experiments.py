@@ -174,3 +174,28 @@ def test_tracked_results_stay_small():
     files = subprocess.run(["git", "ls-files", "-z", "results"], cwd=REPO, capture_output=True, check=True).stdout
     total = sum((REPO / f).stat().st_size for f in files.decode().split("\0") if f and (REPO / f).is_file())
     assert total <= 10 * 2**20, f"tracked results/ is {total / 2**20:.1f} MiB; keep figures out of run folders"
+
+
+def test_the_accuracy_against_compute_figure_holds_thirty_runs_with_its_legend_outside_the_axes(tmp_path, monkeypatch):
+    """30 rows: the named ones in colour, the rest grey, one legend entry for them, the legend outside the axes."""
+    rows = "".join(f'[rows.r{i}]\nwhy = "row {i}"\nchanges = {{ learning_rate = {0.001 * (i + 1)} }}\n' for i in range(30))
+    path = tmp_path / "many.toml"
+    path.write_text('description = "30 rows"\nbase = "v2-joint-noaug"\npreset = "quick"\nseeds = [0]\n'
+                    'named = ["r0", "r1", "r2"]\n' + rows)
+    experiment = X.load_experiment(path)
+    for i in range(30):
+        run = tmp_path / "runs" / "many" / f"r{i}" / "quick-s0"
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"train_images": 40500, "train_flops_per_image": 3e8}))
+        (run / "metrics.json").write_text(json.dumps({"seed": 0, "test_accuracy": 0.8, "epochs": 3, "per_class": {}}))
+        (run / "history.csv").write_text("epoch,test_accuracy\n" + "".join(f"{e},{0.7 + 0.01 * e + 0.001 * i}\n"
+                                                                           for e in range(3)))
+    fig = X.accuracy_against_compute([experiment], tmp_path / "runs")
+    ax = fig.axes[0]
+    coloured = [line for line in ax.get_lines() if line.get_color() != "0.75"]
+    assert len(ax.get_lines()) == 31 and len(coloured) == 3  # 30 curves and the grey legend stand-in
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    legend, axes = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert legend.x0 >= axes.x1  # entirely right of the axes
+    assert len(ax.get_legend().get_texts()) == 4  # three named rows and "other rows"

@@ -185,7 +185,16 @@ def test_notebook_runs_top_to_bottom_on_smoke(stem, smoke_runs, cifar_dir, capsy
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4  # curves, reconstructions, confusion, ...
     if stem in STUDY_STEMS:
         tables = [o.data["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
-        assert any("| run | preset | metric | this run | study |" in t for t in tables)
+        study = [t for t in tables if "| run | preset | metric | this run | study |" in t][-1]  # the last: every run
+        trial = {"cifar_classification_v0": "v0-mlp-ae", "cifar_classification_v1": "v1-feature-classifier",
+                 "cifar_classification_v2_no_augmentation": "v2-joint-noaug",
+                 "cifar_classification_v2_with_augmentation_adam": "v2-joint-aug-adam",
+                 "cifar_classification_v2_with_augmentation_sgd": "v2-joint-aug-sgd"}[stem]
+        # the unedited notebook's own run is the registered trial: its row shows the study's number, no "(...)" label
+        rows = " ".join(line for line in study.splitlines() if line.startswith(f"| {trial} |"))
+        expected = {k: (f"{100 * v:.0f}%" if k == "test_accuracy" else f"{v:.4f}") for k, v in TRIALS[trial].study.items()
+                    if k != "train_accuracy"}
+        assert rows and all(f"| {v} |" in rows for v in expected.values()), (rows, expected)
     text = "".join(o.get("text", "") for o in outputs)
     assert "this run is the baseline" in text  # nothing edited: the comparison cell says so
     assert (folder / f"{stem}.html").stat().st_size > 10_000
@@ -216,6 +225,8 @@ def test_an_edited_trial_trains_a_variant_beside_the_untouched_baseline(tmp_path
     shown = "".join(o.get("data", {}).get("text/markdown", "") for o in compare.outputs)
     assert "v2-joint-noaug/smoke-s0" in shown and f"v2-joint-noaug/{folders[1]}" in shown
     assert "learning_rate=0.01" in shown and any("image/png" in o.get("data", {}) for o in compare.outputs)
+    changed = next(line for line in shown.splitlines() if line.startswith("| changed |"))
+    assert changed.split("|")[2:4] == [" (as registered) ", " learning_rate=0.01 "], changed  # by meaning: only the edit
 
 
 def test_compare_command_tables_two_runs(tmp_path, capsys):

@@ -135,20 +135,25 @@ def auroc_bars(table: dict, units, reference: dict | None = None, reference_name
 
 def severity_curves(table: dict) -> Figure:
     """Corruptions protocol: AUROC against severity, one panel per score, one line per corruption."""
-    fig = Figure(figsize=(3.2 * len(table), 3))
+    cols = min(3, len(table))  # rows of three stay legible at a notebook's width
+    rows = -(-len(table) // cols)
+    fig = Figure(figsize=(3.6 * cols, 3.0 * rows + 0.6))
     for i, (score, row) in enumerate(table.items()):
-        ax = fig.add_subplot(1, len(table), i + 1, sharey=fig.axes[0] if i else None)
+        ax = fig.add_subplot(rows, cols, i + 1, sharey=fig.axes[0] if i else None)
         for j, c in enumerate(CORRUPTIONS):
             ax.plot(SEVERITIES, [row.get(f"{c}/s{s}", np.nan) for s in SEVERITIES], marker="o", ms=3,
                     color=f"C{j}", label=c)
         ax.axhline(50, ls=":", color="grey", lw=1)
-        ax.set_title(score, fontsize=9)
+        ax.set_title(score, fontsize=11)
         ax.set_xlabel("severity")
         ax.set_xticks(SEVERITIES)
         ax.grid(alpha=0.3)
-    fig.axes[0].set_ylabel("AUROC % (clean vs corrupted)")
-    fig.axes[0].legend(fontsize=6)
-    fig.tight_layout()
+        if i % cols == 0:
+            ax.set_ylabel("AUROC %")
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=10, frameon=False)
+    fig.suptitle("AUROC, clean against corrupted test images, by severity", fontsize=12)
+    fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))
     return fig
 
 

@@ -204,7 +204,8 @@ class AnomalyScorer:
         return {k: scores[k] for k in self.names}
 
     def _outputs(self, x_uint8):
-        out = self.probe.predict(x_uint8.astype(np.float32) / 255.0, batch_size=self.batch_size, verbose=0)
+        from ..inference import predict
+        out = predict(self.probe, x_uint8.astype(np.float32) / 255.0, self.batch_size)
         return {k: np.asarray(v) for k, v in out.items()}
 
     def _scores_one_view(self, x_uint8):
