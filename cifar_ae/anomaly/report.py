@@ -104,9 +104,9 @@ def extremes_grid(images, score, is_anomalous, k=10, title="") -> Figure:
         for j, i in enumerate(idx):
             ax = fig.add_subplot(2, k, r * k + j + 1)
             ax.imshow(images[i])
-            ax.set_title("anom" if y[i] else "normal", fontsize=6, color="C3" if y[i] else "C2")
+            ax.set_title("anomaly" if y[i] else "normal", fontsize=9, color="C3" if y[i] else "C2")
             ax.set_axis_off()
-    fig.suptitle(f"{title}: most anomalous (top), least anomalous (bottom)", fontsize=9)
+    fig.suptitle(f"{title}: most anomalous (top), least anomalous (bottom)", fontsize=11)
     fig.tight_layout()
     return fig
 
