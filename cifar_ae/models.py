@@ -557,3 +557,10 @@ def init_whitening(model, x_uint8):
 
 
 BUILDERS["fast_joint"] = fast_joint
+
+
+def builder_defaults(model: str) -> dict:
+    """A builder's keyword arguments and their defaults (model_args equal to these name the same model)."""
+    import inspect
+    return {n: p.default for n, p in inspect.signature(BUILDERS[model]).parameters.items()
+            if p.default is not inspect.Parameter.empty}

@@ -92,7 +92,7 @@ def trial_changes(base, other) -> dict:
     if args_a != args_b:
         defaults = {}
         if a.get("model") == b.get("model"):
-            from .training import builder_defaults  # imports keras: only when model_args differ in spelling
+            from .models import builder_defaults  # imports keras: only when model_args differ in spelling
             defaults = canonical(builder_defaults(b["model"])) if b.get("model") else {}
         full_a, full_b = {**defaults, **args_a}, {**defaults, **args_b}
         changed = {k: full_b.get(k) for k in sorted(set(full_a) | set(full_b)) if full_a.get(k) != full_b.get(k)}

@@ -27,6 +27,7 @@ import keras
 from . import compute, evaluate, hardware, memory, models, plots, resume, runs, tricks
 from .batches import ArrayBatches, steps_per_epoch
 from .inference import predict
+from .models import builder_defaults
 from .data import class_index, fit_scaling, load_cifar10, make_balanced, make_imbalanced, sample_weights, train_val_split
 from .optim import LR_SCHEDULES, OPTIMIZERS
 from .runinfo import command_line
@@ -109,12 +110,6 @@ def resolve_trial(trial, **changes) -> Trial:
     if not isinstance(trial, str):
         raise TrialError(f"run_trial takes a trial name or a Trial, got {type(trial).__name__}.")
     return get_trial(trial, **changes)
-
-
-def builder_defaults(model: str) -> dict:
-    """A builder's keyword arguments and their defaults (model_args equal to these name the same model)."""
-    return {n: p.default for n, p in inspect.signature(models.BUILDERS[model]).parameters.items()
-            if p.default is not inspect.Parameter.empty}
 
 
 def builder_source(model: str) -> str | None:
