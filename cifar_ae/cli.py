@@ -113,9 +113,9 @@ def cmd_report(args):
 def cmd_figures(args):
     """Redraw what a run folder's small files hold: curves (history.csv), the confusion matrix (metrics.json) and
     the class distribution (config.json's class counts). Reconstructions and t-SNE need the model."""
-    from .plots import redraw_run_figures
+    from .report import redraw_figures
     for run in args.runs:
-        for path in redraw_run_figures(Path(run)):
+        for path in redraw_figures(run):
             print(path)
 
 

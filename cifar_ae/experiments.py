@@ -83,8 +83,8 @@ def _check_keys(where, table, allowed):
         raise ExperimentError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(allowed)}.")
     for key, kind in allowed.items():
         value = table.get(key)
-        ok = kind is float and isinstance(value, (int, float)) and not isinstance(value, bool)
-        if value is not None and not ok and not (isinstance(value, kind) and not (kind is int and isinstance(value, bool))):
+        accepted = (int, float) if kind is float else kind  # TOML writes 1 for 1.0
+        if value is not None and (isinstance(value, bool) != (kind is bool) or not isinstance(value, accepted)):
             raise ExperimentError(f"{where}: {key} must be a {kind.__name__}; got {value!r}.")
 
 
@@ -249,7 +249,7 @@ def run_experiment(experiment, rows=None, seeds=None, preset=None, runs_root="ru
     for row_name in rows:
         row = experiment.rows[row_name]
         for seed in seeds:
-            callbacks = [test_every_epoch_callback()] if experiment.test_every_epoch else []
+            callbacks = [test_every_epoch_callback(row.trial.tta_flip)] if experiment.test_every_epoch else []
             print(f"[{experiment.name}] {row_name} {preset} seed {seed}", flush=True)
             done.append(run_trial(row.trial, preset, seed, runs_root, epochs=row_epochs(experiment, row, preset, seed),
                                   callbacks=callbacks, verbose=verbose,
@@ -257,9 +257,10 @@ def run_experiment(experiment, rows=None, seeds=None, preset=None, runs_root="ru
     return done
 
 
-def test_every_epoch_callback():
-    """A callback that scores the full test set after every epoch into history.csv (test_accuracy, test_recon_mse):
-    the accuracy-against-compute curve, for reporting only (the kept model is chosen on validation)."""
+def test_every_epoch_callback(tta_flip=False):
+    """A callback that scores the full test set after every epoch into history.csv (test_accuracy, test_recon_mse;
+    the label averaged with the mirror's when tta_flip): the accuracy-against-compute curve, for reporting only (the
+    kept model is chosen on validation)."""
     import keras
     import numpy as np
     from .data import load_cifar10
@@ -273,6 +274,9 @@ def test_every_epoch_callback():
             from .inference import predict
             out = predict(self.model, self.x, 512)
             probs = out["label"] if isinstance(out, dict) else out
+            if tta_flip:
+                mirror = predict(self.model, self.x[:, :, ::-1], 512)
+                probs = (probs + (mirror["label"] if isinstance(mirror, dict) else mirror)) / 2
             if logs is not None:
                 logs["test_accuracy"] = float(np.mean(probs.argmax(1) == self.y))
                 if isinstance(out, dict) and "reconstruction" in out:

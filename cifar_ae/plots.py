@@ -168,28 +168,3 @@ def class_distribution(y, class_names, title="training images per class") -> Fig
     fig.tight_layout()
     return fig
 
-
-def redraw_run_figures(run) -> list:
-    """A run folder's figures from its small files: curves.png (history.csv), confusion_matrix.png (metrics.json)
-    and class_distribution.png (config.json's class counts). Returns the paths written."""
-    import csv
-    import json
-    from .data import CLASS_NAMES
-    run = Path(run)
-    if not (run / "config.json").is_file():
-        raise FileNotFoundError(f"{run}: no config.json; is it a run folder (<runs>/<experiment>/<row>/<preset>-s<seed>)?")
-    written = []
-    if (run / "history.csv").is_file():
-        with open(run / "history.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        history = {k: [float(r[k]) for r in rows if r.get(k) not in (None, "")] for k in (rows[0] if rows else {})}
-        if history:
-            written.append(save(training_curves(history), run / "figures" / "curves.png"))
-    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
-    if "confusion_matrix" in metrics:
-        written.append(save(confusion_matrix(metrics["confusion_matrix"], CLASS_NAMES), run / "figures" / "confusion_matrix.png"))
-    counts = json.loads((run / "config.json").read_text()).get("train_class_counts")
-    if counts:
-        labels = np.repeat(np.arange(len(counts)), counts)
-        written.append(save(class_distribution(labels, CLASS_NAMES), run / "figures" / "class_distribution.png"))
-    return written

@@ -267,6 +267,27 @@ def load_run(run) -> dict:
     return {"run": run, "metrics": metrics, "config": config, "history": _history(run)}
 
 
+def redraw_figures(run) -> list:
+    """A run folder's figures from its small files: curves.png (history.csv), confusion_matrix.png (metrics.json)
+    and class_distribution.png (config.json's class counts). Returns the paths written."""
+    import numpy as np
+    from .plots import class_distribution, confusion_matrix, save, training_curves
+    run = Path(run)
+    if not (run / "config.json").is_file():
+        raise FileNotFoundError(f"{run}: no config.json; is it a run folder (<runs>/<experiment>/<row>/<preset>-s<seed>)?")
+    written, history = [], _history(run)
+    if history:
+        written.append(save(training_curves(history), run / "figures" / "curves.png"))
+    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    if "confusion_matrix" in metrics:
+        written.append(save(confusion_matrix(metrics["confusion_matrix"], CLASS_NAMES), run / "figures" / "confusion_matrix.png"))
+    counts = json.loads((run / "config.json").read_text()).get("train_class_counts")
+    if counts:
+        labels = np.repeat(np.arange(len(counts)), counts)
+        written.append(save(class_distribution(labels, CLASS_NAMES), run / "figures" / "class_distribution.png"))
+    return written
+
+
 def changed_fields(config) -> dict:
     """What a run changed against its trial as registered: Trial fields and preset settings (epochs, ...)."""
     from .runs import canonical, trial_changes

@@ -1,6 +1,7 @@
 """Experiments as data (cifar_ae.experiments): every file reads and builds, every committed run folder is the run
 its row defines, tables regenerate from run folders, and a new row trains through the runner with no code change."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -199,3 +200,14 @@ def test_the_accuracy_against_compute_figure_holds_thirty_runs_with_its_legend_o
     legend, axes = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
     assert legend.x0 >= axes.x1  # entirely right of the axes
     assert len(ax.get_legend().get_texts()) == 4  # three named rows and "other rows"
+
+
+def test_figures_redraws_a_run_from_its_small_files(tmp_path, capsys):
+    """Per-run figures are not committed: `figures RUN` rebuilds them from config, history and metrics."""
+    from cifar_ae import cli
+    run = tmp_path / "run"
+    shutil.copytree(RESULTS / "runs" / "v4" / "lead" / "full-s0", run, ignore=shutil.ignore_patterns("figures"))
+    assert cli.main(["figures", str(run)]) == 0
+    assert sorted(p.name for p in (run / "figures").iterdir()) == ["class_distribution.png", "confusion_matrix.png",
+                                                                   "curves.png"]
+    assert cli.main(["figures", str(tmp_path)]) == 2 and "no config.json" in capsys.readouterr().err

@@ -26,6 +26,14 @@ def keep(run, runs_root, dest_root) -> Path:
     return dest
 
 
+def commit(paths, message):
+    """Commit only these paths (other work stays unstaged); a resumed job meeting an unchanged run commits nothing."""
+    rel = [str(p) for p in paths]
+    subprocess.run(["git", "-C", str(REPO), "add", "--", *rel], check=True)
+    if subprocess.run(["git", "-C", str(REPO), "diff", "--cached", "--quiet", "--", *rel]).returncode:
+        subprocess.run(["git", "-C", str(REPO), "commit", "-q", "-m", message, "--", *rel], check=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path, help="a runs root or a folder under it, e.g. runs/v4")
@@ -39,12 +47,9 @@ def main(argv=None):
         if all((dest / n).is_file() and (dest / n).read_bytes() == (run / n).read_bytes() for n in SMALL_FILES):
             continue  # kept already, unchanged
         kept = keep(run, args.runs, args.dest)
-        if kept is not None:
-            print(f"kept {kept}")
-            if args.commit:
-                subprocess.run(["git", "-C", str(REPO), "add", "--", str(kept)], check=True)
-                subprocess.run(["git", "-C", str(REPO), "commit", "-q", "-m", f"results: {kept.relative_to(args.dest)}",
-                                "--", str(kept)], check=True)
+        print(f"kept {kept}")
+        if args.commit:
+            commit([kept], f"results: {kept.relative_to(args.dest)}")
 
 
 if __name__ == "__main__":

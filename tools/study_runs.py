@@ -21,16 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from keep_runs import keep  # noqa: E402  (a dev script beside this one)
-
-
-def commit(paths, message):
-    """Commit only these paths, so a killed session keeps what it measured (a dev script: the package never calls git)."""
-    import subprocess
-    rel = [str(p) for p in paths]
-    subprocess.run(["git", "add", "--", *rel], check=True)
-    if subprocess.run(["git", "diff", "--cached", "--quiet", "--", *rel]).returncode:
-        subprocess.run(["git", "commit", "-q", "-m", message, "--", *rel], check=True)
+from keep_runs import commit, keep  # noqa: E402  (a dev script beside this one)
 
 # the issue's order: the headline trial twice, the other joint models, then v1 and v0 (their autoencoders first)
 PLAN = [("v2-joint-aug-adam", 0), ("v2-joint-aug-adam", 1), ("v2-joint-noaug", 0), ("v2-joint-aug-sgd", 0),
