@@ -5,6 +5,7 @@ Every error a user can cause (unknown trial or preset, missing data) prints one 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -50,7 +51,8 @@ def cmd_train(args):
     from .training import run_trial
     run = run_trial(args.name, args.preset, args.seed, args.out, epochs=args.epochs, force=args.force,
                     verbose=1 if sys.stdout.isatty() else 2, variant=args.variant, **parse_assignments(args.set))
-    print(against_the_study(json.loads((run / "metrics.json").read_text())))  # run_trial printed the run's own line
+    from .completeness import require_usable
+    print(against_the_study(require_usable(run).metrics))  # run_trial printed the run's own line
 
 
 def against_the_study(m) -> str:
@@ -258,6 +260,13 @@ def main(argv=None):
         args.func(args)
     except (DataError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the environment: a full disk, a read-only filesystem, a file where a folder belongs
+        fix = {errno.ENOSPC: "the disk is full: free space, or pass --out / set CIFAR_AE_RUNS to another disk",
+               errno.EROFS: "the filesystem is read-only: pass --out / set CIFAR_AE_RUNS to a writable folder",
+               errno.EACCES: "no permission: pass --out / set CIFAR_AE_RUNS to a folder you can write"}.get(
+            e.errno, "fix that path and rerun")
+        print(f"error: {e.filename or ''}: {e.strerror or e}; {fix}.", file=sys.stderr)
         return 2
     return 0
 

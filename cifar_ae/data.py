@@ -127,12 +127,24 @@ def _detect_format(root: Path) -> str | None:
     return None
 
 
+def _walk_error(e: OSError):
+    if isinstance(e, FileNotFoundError):
+        return  # a missing split or class folder is named, with its fix, when the split is listed
+    raise DataError(f"{e.filename}: {e.strerror or e} while listing the CIFAR-10 tree; fix or remove that entry.")
+
+
 def _fingerprint(root: Path, fmt: str) -> str:
     """Cache key: names, sizes and mtimes of every source file (cheap, changes when any file does)."""
     h = hashlib.sha256(f"{fmt}:{root.resolve()}".encode())
     if fmt == "folders":
         for split in ("train", "test"):
-            for dirpath, dirnames, filenames in os.walk(root / split, followlinks=True):  # symlinked class folders too
+            seen = set()
+            for dirpath, dirnames, filenames in os.walk(root / split, followlinks=True, onerror=_walk_error):
+                real = os.path.realpath(dirpath)  # symlinked class folders are followed, a loop of links is not
+                if real in seen:
+                    raise DataError(f"{dirpath}: a symbolic link loops back to {real}; remove that link from the "
+                                    "CIFAR-10 tree.")
+                seen.add(real)
                 dirnames.sort()
                 rel = os.path.relpath(dirpath, root)  # once per folder: relpath per file was 2/3 of the time
                 for f in sorted(filenames):
@@ -164,10 +176,32 @@ def arrays_digest(arrays: dict) -> str:
 
 
 def _atomic_save_npz(path: Path, **arrays):
+    """np.savez to a temp file, then rename; on any failure (a full disk) the temp file goes too."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_cache(cache: Path, data, arrays, root: Path, fmt: str) -> None:
+    """The decoded arrays and their sidecar; a cache that cannot be written (read-only, full, a file in the way)
+    is a warning, and this run goes on without it."""
+    tmp = cache.with_suffix(f".tmp{os.getpid()}.json")
+    try:
+        _atomic_save_npz(cache, **arrays, train_files=data.train_files, test_files=data.test_files)
+        meta = {"sha256": data.digest, "source": str(root), "format": fmt,
+                "shapes": {k: list(v.shape) for k, v in arrays.items()}, "dtypes": {k: v.dtype.str for k, v in arrays.items()}}
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, cache.with_suffix(".json"))
+    except OSError as e:
+        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
+        import warnings
+        warnings.warn(f"CIFAR-10 cache not written to {cache.parent} ({e.strerror or e}); running without it. Set "
+                      "CIFAR_AE_CACHE to a writable folder with 200 MB free to decode the images once.", stacklevel=2)
 
 
 _LOADED: dict = {}  # cache file -> Cifar10 already read and checked by this process (its key names its sources)
@@ -196,6 +230,15 @@ def _read_cache(cache: Path, root: Path) -> Cifar10 | None:
 
 
 def _load_from(root: Path, use_cache: bool) -> Cifar10:
+    """_read_tree, with any filesystem error (a link loop, permissions, a vanished file) as one DataError line."""
+    try:
+        return _read_tree(root, use_cache)
+    except OSError as e:
+        raise DataError(f"{e.filename or root}: {e.strerror or e} while reading CIFAR-10; fix that entry or point "
+                        "CIFAR10_DIR at a readable copy.") from None
+
+
+def _read_tree(root: Path, use_cache: bool) -> Cifar10:
     fmt = _detect_format(root)
     if fmt == "batches-nested":
         root, fmt = root / "cifar-10-batches-py", "batches"
@@ -222,12 +265,7 @@ def _load_from(root: Path, use_cache: bool) -> Cifar10:
     data = Cifar10(train[0], train[1], test[0], test[1], train[2], test[2], source=str(root),
                    digest=arrays_digest(arrays))
     if use_cache:
-        _atomic_save_npz(cache, **arrays, train_files=data.train_files, test_files=data.test_files)
-        meta = {"sha256": data.digest, "source": str(root), "format": fmt,
-                "shapes": {k: list(v.shape) for k, v in arrays.items()}, "dtypes": {k: v.dtype.str for k, v in arrays.items()}}
-        tmp = cache.with_suffix(f".tmp{os.getpid()}.json")
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, cache.with_suffix(".json"))
+        _write_cache(cache, data, arrays, root, fmt)
         _LOADED[str(cache)] = data
     return data
 
@@ -240,7 +278,11 @@ def _download() -> Path:
     print(f"CIFAR-10 not found locally: downloading {DOWNLOAD_MB} MB from {DOWNLOAD_URL} (sha256-checked) into "
           f"{KERAS_CACHE.parent}, once; set CIFAR10_DIR to use a copy you have, or CIFAR_AE_DOWNLOAD=0 to never "
           "download.", flush=True)
-    path = keras.utils.get_file("cifar-10-batches-py", origin=DOWNLOAD_URL, untar=True, file_hash=DOWNLOAD_SHA256)
+    try:
+        path = keras.utils.get_file("cifar-10-batches-py", origin=DOWNLOAD_URL, untar=True, file_hash=DOWNLOAD_SHA256)
+    except Exception as e:  # get_file raises a bare Exception for a failed fetch, ValueError for a bad hash
+        raise DataError(f"CIFAR-10 download from {DOWNLOAD_URL} failed ({str(e).splitlines()[0][:200]}); set "
+                        "CIFAR10_DIR to a copy you have (train/<class>/*.png or the python batches).") from None
     return Path(path)
 
 

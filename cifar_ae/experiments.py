@@ -17,10 +17,12 @@ import json
 import math
 import shlex
 import statistics
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .completeness import require_usable, run_status
 from .data import CLASS_NAMES, STUDY_REDUCED_CLASSES
 from .trials import PRESETS, TRIALS, Trial, TrialError, check_epochs, check_name, check_seed
 
@@ -228,9 +230,10 @@ def row_epochs(experiment, row, preset, seed) -> int | None:
 
 
 def missing(experiment, rows, seeds, preset, runs_root) -> list:
-    """(row, seed) pairs without a complete run folder."""
-    from .training import is_complete
-    return [(r, s) for r in rows for s in seeds if not is_complete(experiment.folder(runs_root, r, preset, s))]
+    """(row, seed) pairs without a complete run folder (or a kept record of one)."""
+    from .completeness import run_status
+    return [(r, s) for r in rows for s in seeds
+            if not run_status(experiment.folder(runs_root, r, preset, s)).usable]
 
 
 def commands(experiment, rows, seeds, preset, runs_root) -> list:
@@ -297,8 +300,8 @@ def _history_column(run, key):
 
 def record(run) -> dict:
     """One run's numbers for a table: accuracy, per-class recall, MSE, compute, params, training speed."""
-    m = json.loads((Path(run) / "metrics.json").read_text())
-    config = json.loads((Path(run) / "config.json").read_text())
+    status = require_usable(run)
+    m, config = status.metrics, status.config
     seconds = _history_column(run, "train_seconds")
     speed = [config["train_images"] / s for s in seconds if s > 0]
     val = _history_column(run, "val_label_accuracy") or _history_column(run, "val_accuracy")
@@ -362,16 +365,23 @@ def goal_verdict(goals, s) -> str:
     return f"{goal['name']}: " + ("**met**" if not short else ", ".join(short))
 
 
+def _usable(run) -> bool:
+    """A complete run or kept record; a damaged one is skipped with a one-line warning."""
+    status = run_status(run)
+    if status.state == "damaged":
+        print(f"warning: skipped {status.reason}", file=sys.stderr)
+    return status.usable
+
+
 def collect(experiment, runs_root, preset=None) -> list:
     """(row, preset, summary) for every row and preset with complete runs, in the file's row order."""
-    from .training import is_complete
     found = []
     for row_name in experiment.rows:
         folder = Path(runs_root) / experiment.name / row_name
         presets = [preset] if preset else sorted({p.name.rsplit("-s", 1)[0] for p in folder.glob("*-s*")},
                                                  key=list(PRESETS).index)
         for p in presets:
-            runs = sorted((run for run in folder.glob(f"{p}-s*") if run.name[len(p) + 2:].isdigit() and is_complete(run)),
+            runs = sorted((run for run in folder.glob(f"{p}-s*") if run.name[len(p) + 2:].isdigit() and _usable(run)),
                           key=lambda run: int(run.name[len(p) + 2:]))
             if runs:
                 found.append((row_name, p, summarize([record(run) for run in runs])))

@@ -5,6 +5,8 @@ Output layers are named so losses, metrics and `model.summary()` read the same e
 """
 from __future__ import annotations
 
+import inspect
+
 import keras
 from keras import layers, ops
 
@@ -557,6 +559,34 @@ def init_whitening(model, x_uint8):
 
 
 BUILDERS["fast_joint"] = fast_joint
+
+
+def _same_kind(value, default) -> bool:
+    """Whether `value` can stand where the builder's `default` does: None takes anything; numbers, strings,
+    booleans and sequences must match in kind (and a sequence's items the kind of the default's first item)."""
+    if default is None or default is inspect.Parameter.empty:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str) or value is None
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list)) and (not default or all(_same_kind(v, default[0]) for v in value))
+    if isinstance(default, dict):
+        return isinstance(value, dict)
+    return True
+
+
+def check_arg(model: str, arg: str, value, default) -> None:
+    """A model_args value of the kind the builder's default has (checked before any data loads)."""
+    if not _same_kind(value, default):
+        from .trials import TrialError
+        raise TrialError(f"model_args {arg}={value!r} for {model}: expected a value like its default {default!r} "
+                         f"({type(default).__name__}); got {type(value).__name__}.")
 
 
 def builder_defaults(model: str) -> dict:

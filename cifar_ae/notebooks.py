@@ -102,10 +102,10 @@ class Table:
 
 
 def _load_run(run):
-    run = Path(run)
-    metrics = json.loads((run / "metrics.json").read_text())
-    config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
-    return metrics, config
+    """A run's checked metrics and config (cifar_ae.completeness): a damaged one is a one-line error naming it."""
+    from .completeness import require_usable
+    status = require_usable(run)
+    return status.metrics, status.config
 
 
 def _overrides(config) -> dict:
@@ -200,9 +200,10 @@ def compare(baseline, run):
 
 def find_run(name, preset, seed, runs):
     """The complete run folder of a trial if there is one (e.g. a baseline to compare with), else None."""
-    from .training import is_complete, run_dir_for
+    from .completeness import run_status
+    from .training import run_dir_for
     run = run_dir_for(name, preset, seed, runs)
-    return run if is_complete(run) else None
+    return run if run_status(run).usable else None
 
 
 def model_summary(trial, preset, seed, runs, upstream=None, **changes):
@@ -226,12 +227,13 @@ def model_summary(trial, preset, seed, runs, upstream=None, **changes):
 
 def run_trial_if(train, name, preset, seed, out_dir=None, variant=None, **kwargs):
     """run_trial(...) when `train`; otherwise the existing complete run folder, or None (the cells after show nothing)."""
-    from .training import is_complete, run_dir_for, run_trial
+    from .completeness import run_status
+    from .training import run_dir_for, run_trial
     if train:
         return run_trial(name, preset, seed, out_dir=out_dir, variant=variant, **kwargs)
     run = run_dir_for(name, preset, seed, out_dir)
     run = run.with_name(f"{run.name}-{variant}") if variant else run
-    if is_complete(run):
+    if run_status(run).usable:  # a complete run, or a kept record of one: the cells after read its numbers
         print(f"[{name}] complete run found at {run}")
         return run
     print(f"[{name}] skipped: no complete run at {run} and training is switched off by a parameter")

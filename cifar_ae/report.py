@@ -2,22 +2,27 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from . import runs as R
+from .completeness import RunDamaged, read_history, read_json, require_usable, run_status
 from .data import CLASS_NAMES
 from .trials import PRESETS
 
 
-def collect_runs(root) -> list[dict]:
-    """metrics.json + config.json of every complete run under `root`, sorted by trial, preset, seed."""
+def collect_runs(root, warn=True) -> list[dict]:
+    """metrics.json + config.json of every complete run (or kept record) under `root`, sorted by trial, preset,
+    seed. A damaged folder is skipped with a one-line warning (cifar_ae.completeness), and the rest go on."""
     runs = []
     for metrics_path in sorted(Path(root).glob("**/metrics.json")):
-        run = metrics_path.parent
-        metrics = json.loads(metrics_path.read_text())
-        config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
-        runs.append({"run": str(run), "metrics": metrics, "config": config})
-    return sorted(runs, key=lambda r: (r["metrics"].get("trial", ""), r["metrics"].get("preset", ""), r["metrics"].get("seed", 0)))
+        status = run_status(metrics_path.parent)
+        if not status.usable:
+            if warn and status.state == "damaged":
+                print(f"warning: skipped {status.reason}", file=sys.stderr)
+            continue
+        runs.append({"run": str(status.run), "metrics": status.metrics, "config": status.config})
+    return sorted(runs, key=lambda r: (str(r["metrics"]["trial"]), str(r["metrics"]["preset"]), r["metrics"]["seed"]))
 
 
 def _fmt(v, spec):
@@ -48,13 +53,7 @@ ACC_TOLERANCE, MSE_TOLERANCE = 0.02, 0.25  # "reproduced": within 2 points of ac
 
 
 def _history(run) -> dict:
-    import csv
-    path = Path(run) / "history.csv"
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {k: [float(r[k]) for r in rows if r.get(k) not in (None, "")] for k in (rows[0] if rows else {})}
+    return read_history(Path(run) / "history.csv", f"restore it, or rerun {run}'s command.")
 
 
 def verdict(ours, theirs, metric) -> str:
@@ -257,14 +256,26 @@ def write_study_tables(root, results_dir, preset="study") -> list:
 # --------------------------------------------------------------------------- comparing runs (a variant and its baseline)
 
 def load_run(run) -> dict:
-    """A run folder's metrics.json, config.json and history.csv."""
-    run = Path(run)
-    if not (run / "metrics.json").is_file():
-        raise FileNotFoundError(f"{run}: no metrics.json (not a complete run folder); train it with "
-                                "`python -m cifar_ae train NAME`.")
-    metrics = json.loads((run / "metrics.json").read_text())
-    config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
-    return {"run": run, "metrics": metrics, "config": config, "history": _history(run)}
+    """A run folder's metrics.json, config.json and history.csv, checked (cifar_ae.completeness.require_usable)."""
+    status = require_usable(run)
+    return {"run": Path(run), "metrics": status.metrics, "config": status.config, "history": _history(run)}
+
+
+def load_runs(runs) -> list:
+    """load_run for each; a damaged or unfinished folder is skipped with a one-line warning (none left: an error)."""
+    loaded = []
+    for run in runs:
+        if isinstance(run, dict):
+            loaded.append(run)
+            continue
+        try:
+            loaded.append(load_run(run))
+        except (RunDamaged, FileNotFoundError) as e:
+            print(f"warning: skipped {e}", file=sys.stderr)
+    if not loaded:
+        raise FileNotFoundError(f"none of {', '.join(map(str, runs))} is a complete run folder; see the warnings "
+                                "above.")
+    return loaded
 
 
 def redraw_figures(run) -> list:
@@ -278,10 +289,11 @@ def redraw_figures(run) -> list:
     written, history = [], _history(run)
     if history:
         written.append(save(training_curves(history), run / "figures" / "curves.png"))
-    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    fix = f"restore it, or rerun {run}'s command."
+    metrics = read_json(run / "metrics.json", fix) if (run / "metrics.json").is_file() else {}
     if "confusion_matrix" in metrics:
         written.append(save(confusion_matrix(metrics["confusion_matrix"], CLASS_NAMES), run / "figures" / "confusion_matrix.png"))
-    counts = json.loads((run / "config.json").read_text()).get("train_class_counts")
+    counts = read_json(run / "config.json", fix).get("train_class_counts")
     if counts:
         labels = np.repeat(np.arange(len(counts)), counts)
         written.append(save(class_distribution(labels, CLASS_NAMES), run / "figures" / "class_distribution.png"))
@@ -313,7 +325,7 @@ def run_name(r) -> str:
 def compare_rows(*runs) -> tuple[list, list]:
     """(header, rows): each run's headline numbers and per-class recall side by side, and the last run minus the
     first (a variant against its baseline)."""
-    loaded = [r if isinstance(r, dict) else load_run(r) for r in runs]
+    loaded = load_runs(runs)
     header = ["metric"] + [run_name(r) for r in loaded] + (["difference"] if len(loaded) == 2 else [])
 
     def row(label, get, fmt, diff_fmt):
@@ -350,5 +362,5 @@ def compare_markdown(*runs) -> str:
 def compare_figure(*runs):
     """The runs' training curves overlaid (cifar_ae.plots.compare_curves), one colour per run."""
     from .plots import compare_curves
-    loaded = [r if isinstance(r, dict) else load_run(r) for r in runs]
+    loaded = load_runs(runs)
     return compare_curves({run_name(r): r["history"] for r in loaded}, title=" vs ".join(run_name(r) for r in loaded))

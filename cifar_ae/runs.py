@@ -123,10 +123,18 @@ def is_registered(trial: Trial, settings: dict, preset: str, builder_defaults: d
             and canonical(settings) == canonical(registered.settings(preset)))
 
 
+NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows filesystems
+
+
 def folder_name(preset, seed, key_digest, plain: bool, variant=None) -> str:
     base = f"{preset}-s{seed}"
     if variant is not None:
-        return f"{base}-{check_name(variant, 'variant')}"
+        name = f"{base}-{check_name(variant, 'variant')}"
+        if len(name.encode()) > NAME_MAX:
+            raise TrialError(f"variant name is {len(variant)} characters: folder {name[:40]}... would exceed the "
+                             f"filesystem's {NAME_MAX}-byte name limit; use a variant of at most "
+                             f"{NAME_MAX - len(base) - 1} characters.")
+        return name
     return base if plain else f"{base}-{key_digest}"
 
 
@@ -187,6 +195,32 @@ def check_same_run(run, key_digest, config, model_args=None, builder_defaults=No
         diffs = ", ".join(f"{k} {recorded.get(k)!r} -> {now.get(k)!r}" for k in changed)
         raise RunConflict(f"{run} was trained with other builder defaults ({diffs}): it is another model. Pass "
                           "force=True / --force to retrain it there, or give this run its own variant name.")
+
+
+MIN_FREE_BYTES = 64 << 20  # a v4 run's checkpoints and model; the smallest run needs far less
+
+
+def check_writable(root, what="runs root", fix="pass --out DIR or set CIFAR_AE_RUNS to a folder you can write",
+                   min_free=MIN_FREE_BYTES) -> Path:
+    """`root` is (or can be made) a writable folder with room, checked before any data loads: a file in its place,
+    a read-only or full filesystem is a one-line RunConflict naming it and `fix`."""
+    root = Path(root).expanduser()
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise RunConflict(f"{what} {root}: {existing} is a file, not a folder; {fix}.")
+        import tempfile
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+        free = os.statvfs(existing).f_bavail * os.statvfs(existing).f_frsize
+    except OSError as e:
+        raise RunConflict(f"{what} {root} cannot be written ({e.strerror or e}); {fix}.") from None
+    if free < min_free:
+        raise RunConflict(f"{what} {root} has {free / 2**20:.1f} MiB free, under the {min_free >> 20} MiB a run "
+                          f"needs; free some space, or {fix}.")
+    return root
 
 
 def code_version() -> dict:

@@ -2,8 +2,9 @@
 
 A run folder (<runs>/<trial>/<preset>-s<seed>[-<variant>]/, see cifar_ae.runs) holds config.json (the run
 key and its digest, code version, machine, versions, command), history.csv (one row per epoch, with its
-wall and CPU seconds), model.keras (the best epoch by validation), metrics.json (written last, atomically)
-and figures/. While it trains, state.json and checkpoints/ let a killed run resume exactly (cifar_ae.resume).
+wall and CPU seconds), model.keras (the best epoch by validation), metrics.json and figures/ (cifar_ae.scoring),
+and state.json, written last: while it trains it and checkpoints/ let a killed run resume exactly (cifar_ae.resume);
+once scored it seals the run with the sha256 of its files (cifar_ae.completeness decides what is complete).
 
 Everything a user can get wrong (a field, an override, the seed, epochs, the data) is checked before the
 folder is created, and one process at a time may write a folder.
@@ -12,11 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import os
 import platform
 import shutil
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,14 +23,13 @@ from pathlib import Path
 import numpy as np
 import keras
 
-from . import compute, evaluate, hardware, memory, models, plots, resume, runs, tricks
+from . import compute, completeness, evaluate, hardware, memory, models, resume, runs, scoring, tricks
 from .batches import ArrayBatches, steps_per_epoch
-from .inference import predict
 from .models import builder_defaults
 from .data import class_index, fit_scaling, load_cifar10, make_balanced, make_imbalanced, sample_weights, train_val_split
 from .optim import LR_SCHEDULES, OPTIMIZERS
 from .runinfo import command_line
-from .trials import Trial, TrialError, check_epochs, check_seed, get_trial
+from .trials import Trial, TrialError, check_changes, check_epochs, check_seed, get_trial
 
 DEFAULT_OUT = Path(os.environ.get("CIFAR_AE_RUNS", "runs"))
 
@@ -46,7 +44,8 @@ def run_dir_for(name, preset, seed, out_dir=None) -> Path:
 
 
 def is_complete(run_dir) -> bool:
-    return (Path(run_dir) / "metrics.json").is_file()
+    """A run `train` reuses (cifar_ae.completeness: a checked state, not the presence of one file)."""
+    return completeness.is_complete(run_dir)
 
 
 # --------------------------------------------------------------------------- data for one run
@@ -101,6 +100,7 @@ def data_identity(data) -> dict:
 
 def resolve_trial(trial, **changes) -> Trial:
     """A trial name or a Trial object, with `changes` applied (model_args merged, as in get_trial)."""
+    check_changes(getattr(trial, "name", trial), changes)  # before anything: never a rename through --set
     if isinstance(trial, Trial):
         if not changes:
             return trial
@@ -136,6 +136,8 @@ def check_buildable(trial: Trial) -> None:
     if unknown:
         raise TrialError(f"trial '{trial.name}': model_args {unknown[0]!r} is not an argument of {trial.model}; "
                          f"valid: {', '.join(accepted)}.")
+    for arg, value in trial.model_args.items():
+        models.check_arg(trial.model, arg, value, params[arg].default)
     takes_encoder = "encoder" in params
     if takes_encoder != (trial.upstream is not None):
         raise TrialError(f"trial '{trial.name}': a classifier on frozen features needs upstream=<autoencoder trial> "
@@ -166,7 +168,7 @@ def build_model(trial, upstream_dir=None):
     if upstream_dir is None:
         raise TrialError(f"trial '{trial.name}' reads the frozen encoder of '{trial.upstream}': pass its run folder "
                          "as upstream_dir (run_trial trains or reuses it first).")
-    ae = keras.saving.load_model(Path(upstream_dir) / "model.keras", safe_mode=True, compile=False)
+    ae = scoring.load_model(Path(upstream_dir) / "model.keras")
     encoder = models.encoder_of(ae, trial.feature_layer)
     encoder.trainable = False  # frozen features, as in the study
     return builder(encoder, **trial.model_args), str(upstream_dir)
@@ -232,15 +234,6 @@ def enable_determinism() -> bool:
     return True
 
 
-def _read_history(path) -> dict:
-    import csv
-    if not Path(path).is_file():
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
-
-
 def _batches(trial, data, settings, seed, train: bool, batch_size=None):
     targets = {"autoencoder": "reconstruction", "classifier": "label", "joint": "joint"}[trial.task]
     if not train:
@@ -292,6 +285,7 @@ def plan_run(trial, preset="quick", seed=0, out_dir=None, epochs=None, variant=N
     check_epochs(settings["epochs"])
     runs.folder_name(preset, seed, "", True, variant)  # a bad variant name fails here
     check_buildable(trial)
+    runs.check_writable(runs_root(out_dir) if folder is None else Path(folder).parent)  # before the data loads
     memory.configure_threads()  # before "auto" times its kernels, and before any op fixes the pools
     precision = hardware.resolve_precision(trial.precision)
     data = prepare_data(trial, settings, seed, source)
@@ -338,9 +332,8 @@ def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=Fa
     defaults = builder_defaults(trial.model)
     if not force:
         runs.check_same_run(run, key_digest, runs.read_config(run), trial.model_args, defaults)
-        if is_complete(run):
-            print(f"[{trial.name}] complete run found at {run} (force=True / --force retrains it)")
-            print(summary_line(run, "reused"), flush=True)
+        if _reusable(run, trial):
+            print(scoring.summary_line(run, "reused"), flush=True)
             return run
     upstream_dir = None
     if plan.upstream is not None:
@@ -367,7 +360,7 @@ def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=Fa
                     config = None
                 if config is not None:
                     runs.check_same_run(run, key_digest, config, trial.model_args, defaults)
-                    if is_complete(run):  # another process finished it while this one waited
+                    if _reusable(run, trial):  # another process finished it while this one waited
                         return run
                 else:
                     config = _write_config(run, trial, preset, seed, settings, data, key, key_digest, precision,
@@ -375,7 +368,7 @@ def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=Fa
                                            {**speed, "train_flops_per_image": compute.train_flops_per_image(model),
                                             "builder_defaults": runs.canonical(defaults)})
                 _train_and_record(trial, preset, seed, settings, run, data, model, callbacks, verbose)
-                print(summary_line(run, "trained"), flush=True)
+                print(scoring.summary_line(run, "trained"), flush=True)
                 return run
             except BaseException:
                 # still holding the lock: a folder this process made, with no epoch committed, goes
@@ -386,13 +379,16 @@ def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=Fa
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def summary_line(run, how) -> str:
-    """One line that ends a run: trained or reused, its test accuracy and reconstruction MSE, and its folder."""
-    m = json.loads((Path(run) / "metrics.json").read_text())
-    parts = [f"test accuracy {100 * m['test_accuracy']:.2f}%" if "test_accuracy" in m else None,
-             f"reconstruction MSE {m['recon_mse']:.5f}" if "recon_mse" in m else None]
-    return (f"[{m.get('trial')}] {how}: " + ", ".join(p for p in parts if p) + f" after {m.get('epochs')} epoch(s) "
-            f"of {m.get('preset')}, seed {m.get('seed')} -> {run}")
+def _reusable(run, trial) -> bool:
+    """A complete run (or a kept record of one: its numbers, no model) is reused; a damaged one is a one-line
+    error naming the file and the fix; anything else trains or resumes (cifar_ae.completeness)."""
+    status = completeness.run_status(run)
+    if status.state == "damaged":
+        raise completeness.RunDamaged(status.reason)
+    if status.usable:
+        what = "complete run" if status.state == "complete" else "kept record (numbers, no model)"
+        print(f"[{trial.name}] {what} found at {run} (force=True / --force retrains it)")
+    return status.usable
 
 
 def _clear_run(run):
@@ -444,35 +440,18 @@ def trick_callbacks(trial, model, settings, train_images):
 
 
 def _train_and_record(trial, preset, seed, settings, run, data, model, callbacks, verbose):
-    """Train (resuming from state.json), save the best epoch's model, evaluate, write metrics.json last."""
+    """Train (resuming from state.json), save the best epoch's model, then score it (cifar_ae.scoring.record)."""
     stats = fit_scaling(data["x_train"], trial.scaling)
     data["scaling"] = None if trial.scaling == "unit" else stats
     state = resume.read_state(run) or {}
-    if state.get("trained") and (run / "model.keras").is_file():
+    if state.get("trained") and (run / "model.keras").is_file():  # killed while scoring: score the saved model
         if resume.sha256_file(run / "model.keras") != state.get("model_sha256"):
             raise resume.CheckpointError(f"{run / 'model.keras'} is damaged (sha256 differs from state.json); delete "
-                                    f"{run} to retrain this run.")
-        model = keras.saving.load_model(run / "model.keras", safe_mode=True, compile=False)  # killed while evaluating
+                                         f"{run} to retrain this run.")
+        model = scoring.load_model(run / "model.keras")
     else:
         model = _train(trial, settings, run, data, model, callbacks, verbose, seed)
-    history = _read_history(run / "history.csv")
-    state = resume.read_state(run)
-    metrics = evaluate_model(model, trial, data, run, settings, seed)
-    metrics["params"] = int(model.count_params())
-    metrics["trainable_params"] = int(sum(int(np.prod(w.shape)) for w in model.trainable_weights))
-    epochs_run = len(next(iter(history.values()), []))
-    train_seconds = float(sum(history.get("train_seconds", [])))
-    flops = (runs.read_config(run) or {}).get("train_flops_per_image")
-    metrics.update({"trial": trial.name, "preset": preset, "seed": seed, "epochs": epochs_run,
-                    "train_pflops": None if flops is None else round(flops * len(data["y_train"]) * epochs_run / 1e15, 5),
-                    "best_epoch": state.get("best_epoch"), "stopped_early": bool(state.get("stopped")),
-                    "train_seconds": round(train_seconds, 1),
-                    "train_images_per_second": round(len(data["y_train"]) * epochs_run / train_seconds, 1)
-                    if train_seconds > 0 else None,
-                    "study": trial.study, "command": command_line()})
-    if history:
-        plots.save(plots.training_curves(history), run / "figures" / "curves.png")
-    evaluate.write_json_atomic(run / "metrics.json", metrics)  # last: its presence marks the run complete
+    scoring.record(model, trial, preset, seed, settings, run, data)
     return run
 
 
@@ -497,102 +476,38 @@ def _train(trial, settings, run, data, model, callbacks, verbose, seed):
     resume.save_model_atomic(model, run / "model.keras")
     final = resume.read_state(run)
     final.update(trained=True, model_sha256=resume.sha256_file(run / "model.keras"), best_epoch=state.best_epoch)
-    resume.write_state(run, final)
-    shutil.rmtree(run / "checkpoints", ignore_errors=True)
+    resume.write_state(run, final)  # checkpoints/ stays until the run is scored (scoring.seal)
     return model
 
 
-def evaluate_model(model, trial, data, run, settings, seed) -> dict:
-    """Metrics on the test set and the run's figures; returns the metrics dict."""
-    x_unit, x_in = _model_input(data["x_test"], data)
-    t0 = time.perf_counter()
-    outputs = predict(model, x_in, 256)
-    infer_s = time.perf_counter() - t0
-    names = data["class_names"]
-    metrics = evaluate.evaluate_outputs(trial.task, x_unit, data["y_test"], outputs, names)
-    if (trial.tta_flip or trial.tta_crops) and trial.task != "autoencoder":
-        plain = metrics["test_accuracy"]
-        outputs = tricks.predict_tta(model, x_in, flip=trial.tta_flip, crops=trial.tta_crops)
-        metrics = evaluate.evaluate_outputs(trial.task, x_unit, data["y_test"], outputs, names)
-        metrics["test_accuracy_without_tta"] = plain
-    if trial.logit_adjustment and trial.task != "autoencoder":  # after TTA: the averaged probabilities are adjusted
-        unadjusted = metrics
-        probs = tricks.adjust_for_prior(evaluate.split_outputs(outputs, trial.task)[1], data["y_train"], trial.logit_adjustment)
-        outputs = {**outputs, "label": probs} if isinstance(outputs, dict) else probs
-        metrics = evaluate.evaluate_outputs(trial.task, x_unit, data["y_test"], outputs, names)
-        if "test_accuracy_without_tta" in unadjusted:
-            metrics["test_accuracy_without_tta"] = unadjusted["test_accuracy_without_tta"]
-        metrics.update(test_accuracy_without_logit_adjustment=unadjusted["test_accuracy"],
-                       **(_val_balanced(model, trial, data) if len(data["y_val"]) else {}))
-    metrics["test_images"] = len(data["y_test"])
-    metrics["inference_images_per_second"] = round(len(x_in) / max(infer_s, 1e-9), 1)
-    figs = run / "figures"
-    recon, _ = evaluate.split_outputs(outputs, trial.task)
-    if recon is not None:
-        plots.save(plots.reconstruction_grid(x_unit[::max(1, len(x_unit) // 10)][:10], recon[::max(1, len(x_unit) // 10)][:10]),
-               figs / "reconstructions.png")
-    if "confusion_matrix" in metrics:
-        plots.save(plots.confusion_matrix(metrics["confusion_matrix"], names), figs / "confusion_matrix.png")
-    plots.save(plots.class_distribution(data["y_train"], names), figs / "class_distribution.png")
-    n = min(settings["tsne_points"], len(x_in))
-    if n >= 20 and _has_layer(model, "features"):
-        idx = np.random.default_rng(seed).choice(len(x_in), n, replace=False)
-        print(f"[{trial.name}] t-SNE of {n} test images' features...", flush=True)
-        feats = predict(models.encoder_of(model, "features"), x_in[idx], 256)
-        plots.save(plots.tsne(feats, data["y_test"][idx], names, seed), figs / "tsne.png")
-    return metrics
-
-
-def _model_input(x_uint8, data):
-    """(images in [0, 1], the model's input: those scaled as the run's training data was)."""
-    x_unit = x_uint8.astype(np.float32) / 255.0
-    return x_unit, (x_unit if data.get("scaling") is None else (x_unit - data["scaling"][0]) / data["scaling"][1])
-
-
-def _val_balanced(model, trial, data) -> dict:
-    """The validation evidence for the adjustment: balanced accuracy (mean recall, the balanced test set's
-    accuracy) on the held-out split, with and without it, under the same test-time augmentation."""
-    from sklearn.metrics import balanced_accuracy_score
-    _, x_in = _model_input(data["x_val"], data)
-    if trial.tta_flip or trial.tta_crops:
-        out = tricks.predict_tta(model, x_in, flip=trial.tta_flip, crops=trial.tta_crops)
-    else:
-        out = predict(model, x_in, 256)
-    probs = out["label"] if isinstance(out, dict) else out
-    adjusted = tricks.adjust_for_prior(probs, data["y_train"], trial.logit_adjustment)
-    return {"val_balanced_accuracy": round(float(balanced_accuracy_score(data["y_val"], adjusted.argmax(-1))), 4),
-            "val_balanced_accuracy_without_logit_adjustment":
-                round(float(balanced_accuracy_score(data["y_val"], probs.argmax(-1))), 4)}
-
-
-def _has_layer(model, name):
-    try:
-        model.get_layer(name)
-        return True
-    except ValueError:
-        return False
-
-
-def trial_from_config(config) -> Trial:
-    """The Trial a run folder's config.json records (fields a newer Trial lacks are dropped)."""
-    from dataclasses import fields
-    names = {f.name for f in fields(Trial)}
-    return Trial(**{k: v for k, v in config["trial"].items() if k in names})
-
-
 def reevaluate(run_dir) -> dict:
-    """Load a run's model (Keras safe mode) and recompute its test metrics and figures."""
+    """Score a trained run again (its model, Keras safe mode) under the run's lock, through scoring.record: a run
+    still training, or killed before its model was saved, is refused."""
     run_dir = Path(run_dir)
-    if not (run_dir / "model.keras").is_file() or not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{run_dir}: not a run folder (needs config.json and model.keras); "
-                                "train one with `python -m cifar_ae train NAME`.")
-    config = runs.read_config(run_dir)
-    trial = trial_from_config(config)
-    data = prepare_data(trial, config["settings"], config["seed"])
-    stats = fit_scaling(data["x_train"], trial.scaling)
-    data["scaling"] = None if trial.scaling == "unit" else stats
-    model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True, compile=False)
-    metrics = json.loads((run_dir / "metrics.json").read_text()) if is_complete(run_dir) else {}
-    metrics.update(evaluate_model(model, trial, data, run_dir, config["settings"], config["seed"]))
-    evaluate.write_json_atomic(run_dir / "metrics.json", metrics)
-    return metrics
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run folder (no config.json); train one with "
+                                "`python -m cifar_ae train NAME`.")
+    status = completeness.run_status(run_dir)
+    if status.state == "damaged":
+        raise completeness.RunDamaged(status.reason)
+    if status.state == "record":
+        raise FileNotFoundError(f"{run_dir} is a kept record without its model: nothing to evaluate; rerun its "
+                                "command to train it again.")
+    with runs.RunLock(run_dir):
+        state = resume.read_state(run_dir) or {}
+        config = runs.read_config(run_dir)
+        if not state.get("trained"):
+            raise runs.RunConflict(f"{run_dir} has not finished training ({state.get('epochs_done', 0)} of "
+                                   f"{config.get('settings', {}).get('epochs', '?')} epochs committed); resume it "
+                                   f"with its command: {config.get('command', 'python -m cifar_ae train NAME')}")
+        model_path = run_dir / "model.keras"
+        if not model_path.is_file() or resume.sha256_file(model_path) != state.get("model_sha256"):
+            raise completeness.RunDamaged(f"{model_path} is missing or differs from the model its run saved "
+                                          f"(sha256 in state.json); retrain it with --force.")
+        completeness.check_key(config, run_dir / "config.json", "retrain it with --force.")
+        trial = scoring.trial_from_config(config, run_dir / "config.json")
+        data = prepare_data(trial, config["settings"], config["seed"])
+        stats = fit_scaling(data["x_train"], trial.scaling)
+        data["scaling"] = None if trial.scaling == "unit" else stats
+        model = scoring.load_model(model_path)
+        return scoring.record(model, trial, config["preset"], config["seed"], config["settings"], run_dir, data)

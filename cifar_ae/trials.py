@@ -13,7 +13,6 @@ typo (``optimizer="adamx"``) fails in the notebook cell or command that made it,
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -44,7 +43,7 @@ class TrialError(ValueError):
 
 
 def _name(v):
-    return isinstance(v, str) and bool(NAME_PATTERN.fullmatch(v)) and v not in (".", "..")
+    return isinstance(v, str) and bool(NAME_PATTERN.fullmatch(v)) and v not in (".", "..") and len(v) <= 200
 
 
 def _options(*values):
@@ -102,14 +101,33 @@ def _class_names(v):
                          and len(set(v)) == len(v))
 
 
+# preset setting -> (what a valid value is, check): the per-preset overrides are checked as Trial fields are
+SETTINGS = {
+    "epochs": _number(1, kind=Integral),
+    "train_images": _number(1, kind=Integral, none=True),
+    "val_images": _number(0, kind=Integral),
+    "test_images": _number(1, kind=Integral, none=True),
+    "tsne_points": _number(0, kind=Integral),
+    "early_stopping": _number(1, kind=Integral, none=True),
+}
+assert set(SETTINGS) == set(SETTING_KEYS)
+
+
 def _presets(v):
-    return isinstance(v, dict) and all(p in PRESETS and isinstance(s, dict) and set(s) <= set(SETTING_KEYS)
-                                       for p, s in v.items())
+    if not (isinstance(v, dict) and all(p in PRESETS and isinstance(s, dict) and set(s) <= set(SETTING_KEYS)
+                                        for p, s in v.items())):
+        return False
+    for preset, settings in v.items():
+        for key, value in settings.items():
+            what, ok = SETTINGS[key]
+            if not ok(value):
+                raise ValueError(f"presets[{preset!r}][{key!r}] must be {what}; got {value!r}")
+    return True
 
 
 # field -> (what a valid value is, check). Declared once; Trial.__post_init__ applies it.
 FIELDS = {
-    "name": ("a name of letters, digits, '.', '_' or '-'", _name),
+    "name": ("a name of letters, digits, '.', '_' or '-' (200 at most)", _name),
     "description": ("a string", lambda v: isinstance(v, str)),
     "task": _options("autoencoder", "classifier", "joint"),
     "model": ("the name of a builder in cifar_ae.models.BUILDERS", lambda v: isinstance(v, str) and bool(v)),
@@ -175,7 +193,9 @@ def check_epochs(epochs):
 
 def check_name(name, what="variant"):
     if not _name(name):
-        raise TrialError(f"{what} name {name!r} must be letters, digits, '.', '_' or '-' (it becomes a folder name).")
+        shown = repr(name) if len(str(name)) <= 60 else f"of {len(name)} characters ({str(name)[:30]!r}...)"
+        raise TrialError(f"{what} name {shown} must be letters, digits, '.', '_' or '-', 200 at most (it becomes "
+                         "a folder name).")
     return name
 
 
@@ -257,17 +277,29 @@ class Trial:
 
     def replace(self, **changes) -> "Trial":
         """A copy with fields replaced, each validated (``model_args`` is replaced whole: see get_trial)."""
-        check_changes(self.name, changes)
+        check_changes(self.name, changes, rename=True)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def check_changes(name, changes):
+NOT_CHANGES = ("name",)  # a run of a trial with changes keeps the trial's name: --variant names its folder
+
+
+def check_changes(name, changes, rename=False):
+    """Changes to a trial: known fields; the name only where a new trial is made (Trial.replace), never in a run's
+    changes (`--set`, run_trial's keywords)."""
+    if "name" in changes and not rename:
+        raise TrialError(f"a change cannot rename trial '{name}' (got name={changes['name']!r}); name the changed "
+                         "run's folder with --variant NAME / variant=NAME instead.")
     unknown = sorted(set(changes) - set(FIELDS))
     if unknown:
-        raise TrialError(f"unknown Trial field {unknown[0]!r} for '{name}'; valid fields: {', '.join(FIELDS)}.")
+        import difflib
+        close = difflib.get_close_matches(unknown[0], FIELDS, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        valid = [f for f in FIELDS if f not in NOT_CHANGES]
+        raise TrialError(f"unknown Trial field {unknown[0]!r} for '{name}'; {hint}valid fields: {', '.join(valid)}.")
 
 
 # Every registered trial written out flat: the fields that differ from Trial's defaults, in one place. Variants,
@@ -383,7 +415,10 @@ def get_trial(name: str, **changes) -> Trial:
     if name not in TRIALS and not _TUNED_LOADED:
         load_tuned_trials()
     if name not in TRIALS:
-        raise TrialError(f"unknown trial '{name}'; valid trials: {', '.join(TRIALS)}.")
+        import difflib
+        close = difflib.get_close_matches(str(name), TRIALS, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise TrialError(f"unknown trial '{name}'; {hint}valid trials: {', '.join(TRIALS)}.")
     trial = TRIALS[name]
     if not changes:
         return trial
@@ -412,7 +447,11 @@ def load_tuned_trials(path=None) -> list:
     _TUNED_LOADED = True
     path, names = Path(path or TUNED_TRIALS_FILE), {f.name for f in dataclasses.fields(Trial)}
     try:
-        records = json.loads(path.read_text()).get("trials", []) if path.is_file() else []
+        if path.is_file():
+            from .safejson import load_json  # size and nesting checked before json parses it
+            records = load_json(path).get("trials", [])
+        else:
+            records = []
         if not isinstance(records, list):
             raise ValueError("'trials' is not a list")
     except (OSError, ValueError, AttributeError) as e:

@@ -188,7 +188,8 @@ def test_the_accuracy_against_compute_figure_holds_thirty_runs_with_its_legend_o
         run = tmp_path / "runs" / "many" / f"r{i}" / "quick-s0"
         run.mkdir(parents=True)
         (run / "config.json").write_text(json.dumps({"train_images": 40500, "train_flops_per_image": 3e8}))
-        (run / "metrics.json").write_text(json.dumps({"seed": 0, "test_accuracy": 0.8, "epochs": 3, "per_class": {}}))
+        (run / "metrics.json").write_text(json.dumps({"trial": "v2-joint-noaug", "preset": "quick", "seed": 0,
+                                                           "test_accuracy": 0.8, "epochs": 3, "per_class": {}}))
         (run / "history.csv").write_text("epoch,test_accuracy\n" + "".join(f"{e},{0.7 + 0.01 * e + 0.001 * i}\n"
                                                                            for e in range(3)))
     fig = X.accuracy_against_compute([experiment], tmp_path / "runs")

@@ -162,7 +162,9 @@ def test_switched_off_variant_is_skipped_not_trained(tmp_path, capsys):
     assert nb.study_comparison(None).rows == []
     run = root / "v1-cnn-ae" / "smoke-s0-upsampling"
     run.mkdir(parents=True)
-    (run / "metrics.json").write_text("{}")
+    (run / "config.json").write_text(json.dumps({"trial": {"name": "v1-cnn-ae", "task": "autoencoder"}}))
+    (run / "metrics.json").write_text(json.dumps({"trial": "v1-cnn-ae", "preset": "smoke", "seed": 0, "epochs": 1,
+                                                  "recon_mse": 0.01}))
     assert nb.run_trial_if(False, "v1-cnn-ae", "smoke", 0, out_dir=root, variant="upsampling") == run  # still shown
 
 
@@ -233,7 +235,9 @@ def test_compare_command_tables_two_runs(tmp_path, capsys):
     for name, acc in (("a", 0.5), ("b", 0.6)):
         run = tmp_path / "v2-joint-noaug" / f"smoke-s0-{name}"
         run.mkdir(parents=True)
-        (run / "metrics.json").write_text(json.dumps({"test_accuracy": acc, "recon_mse": 0.01, "epochs": 2}))
+        (run / "config.json").write_text(json.dumps({"trial": {"name": "v2-joint-noaug", "task": "joint"}}))
+        (run / "metrics.json").write_text(json.dumps({"trial": "v2-joint-noaug", "preset": "smoke", "seed": 0,
+                                                      "test_accuracy": acc, "recon_mse": 0.01, "epochs": 2}))
         (run / "history.csv").write_text("epoch,label_loss,val_label_loss,label_accuracy,val_label_accuracy\n0,2,2,0.3,0.3\n"
                                          "1,1.5,1.6,0.5,0.45\n")
     a, b = tmp_path / "v2-joint-noaug" / "smoke-s0-a", tmp_path / "v2-joint-noaug" / "smoke-s0-b"

@@ -107,7 +107,7 @@ def test_two_identical_runs_give_identical_metrics(tmp_path, cifar_dir):
     ({"class_weight": "balanced"}, "class_weight must be one of None, 'inverse', 'effective'"),
     ({"batch_size": 0}, "batch_size must be an int"),
     ({"precision": "bf16"}, "precision must be one of 'auto'"),
-    ({"learnig_rate": 1e-3}, "unknown Trial field 'learnig_rate' for 'v2-joint-noaug'; valid fields: name, "),
+    ({"learnig_rate": 1e-3}, "unknown Trial field 'learnig_rate' for 'v2-joint-noaug'; did you mean learning_rate[?] valid fields: description, "),
     ({"model_args": {"filterz": (8,)}}, "model_args 'filterz' is not an argument of joint_model; valid: filters"),
 ])
 def test_bad_fields_are_refused_before_anything_is_written(tmp_path, changes, message):
@@ -204,7 +204,7 @@ CHILD = textwrap.dedent("""
     import os, sys, time, json
     import keras
     from cifar_ae.training import run_trial
-    import cifar_ae.training as training
+    import cifar_ae.scoring as scoring
 
     out, mode, marker = sys.argv[1], sys.argv[2], sys.argv[3]
 
@@ -221,11 +221,11 @@ CHILD = textwrap.dedent("""
     if mode in ("kill-in-epoch", "pause-in-epoch-1"):
         callbacks = [PauseInEpoch()]
     elif mode == "kill-in-evaluation":
-        real = training.evaluate_model
+        real = scoring.evaluate_model
         def paused(*args, **kwargs):
             open(marker, "w").write(str(os.getpid()))
             time.sleep(600)
-        training.evaluate_model = paused
+        scoring.evaluate_model = paused
     trained = []
     class Record(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):

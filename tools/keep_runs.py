@@ -1,6 +1,6 @@
 """Dev script, not the package: copy finished runs' small files (config.json, history.csv, metrics.json) from a runs
 root into results/runs, keeping <experiment>/<row>/<preset>-s<seed>, and commit each one, so a long job killed
-mid-way keeps what it measured. Run it beside a long experiment, e.g. every few minutes:
+mid-way keeps what it measured. results/runs/SHA256SUMS records the kept files' sha256 (report checks them). Run it beside a long experiment, e.g. every few minutes:
 
     python tools/keep_runs.py runs/v4 --commit        # then: python -m cifar_ae report --index
 """
@@ -41,15 +41,19 @@ def main(argv=None):
     ap.add_argument("--dest", type=Path, default=REPO / "results" / "runs")
     ap.add_argument("--commit", action="store_true", help="commit each kept run at once (only its files)")
     args = ap.parse_args(argv)
+    from cifar_ae.completeness import run_status, write_manifest
     for metrics in sorted(args.folder.glob("**/metrics.json")):
         run = metrics.parent
+        if run_status(run).state != "complete":  # only a checked, sealed run is kept (cifar_ae.completeness)
+            continue
         dest = args.dest / run.relative_to(args.runs)
         if all((dest / n).is_file() and (dest / n).read_bytes() == (run / n).read_bytes() for n in SMALL_FILES):
             continue  # kept already, unchanged
         kept = keep(run, args.runs, args.dest)
+        manifest = write_manifest(args.dest)  # the kept files' sha256, checked by report and compare
         print(f"kept {kept}")
         if args.commit:
-            commit([kept], f"results: {kept.relative_to(args.dest)}")
+            commit([kept, manifest], f"results: {kept.relative_to(args.dest)}")
 
 
 if __name__ == "__main__":

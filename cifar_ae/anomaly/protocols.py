@@ -74,11 +74,11 @@ def model_trial(kind, name, preset, st, train_set, train_classes, n_train, descr
 
 def train_and_load(trial, preset, seed, models_dir, source, verbose):
     """run_trial (reused if complete), then the run's data split and its best model (Keras safe mode)."""
-    import keras
     from ..training import prepare_data, run_trial
     run = run_trial(trial, preset, seed, out_dir=models_dir, source=source, verbose=verbose)
     data = prepare_data(trial, trial.settings(preset), seed, source)
-    return keras.saving.load_model(run / "model.keras", safe_mode=True, compile=False), data, run
+    from ..scoring import load_model
+    return load_model(run / "model.keras"), data, run
 
 
 def protocol_dir(protocol, preset, seed, out_dir=None) -> Path:

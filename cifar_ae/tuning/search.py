@@ -182,6 +182,9 @@ def run_search(tuner="bayesian", max_trials=10, preset="quick", model="joint", s
         raise ValueError(f"unknown tuner '{tuner}'; valid tuners: {', '.join(TUNERS)}.")
     if int(max_trials) < 1:
         raise ValueError(f"--max-trials must be at least 1, got {max_trials}.")
+    if epochs is not None:
+        from ..trials import check_epochs
+        check_epochs(epochs)  # before the search: --epochs 0 would run every trial, then fail
     role = configure_distributed(chief, worker, oracle_ip, oracle_port, allow_remote)
     if role == "worker" and overwrite:
         overwrite = False  # only the chief may wipe the shared project directory

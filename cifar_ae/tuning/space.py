@@ -245,7 +245,8 @@ class FeatureClassifierHyperModel(_CifarHyperModel):
     def _model(self, v):
         from ..training import run_dir_for
         upstream = run_dir_for(UPSTREAM, self.preset, self.seed, self.runs_dir) / "model.keras"
-        ae = keras.saving.load_model(upstream, safe_mode=True)
+        from ..scoring import load_model
+        ae = load_model(upstream)
         return M.feature_classifier(M.encoder_of(ae), **classifier_model_args(v))
 
     def _compile(self, model, v):
