@@ -140,7 +140,7 @@ def test_data_parallel_in_two_processes_on_loopback_matches_one_device(jax_runs,
     assert chief.name.endswith("-jax") and worker.name == chief.name + "-process1"  # each process its own copy
     _close_to_single(Path(jax_runs["again"]), chief)
     # the same two-way split as two devices in one process: the same numbers
-    assert history(chief)[-1]["loss"] == pytest.approx(float(history(jax_runs["parallel"])[-1]["loss"]), rel=1e-6)
+    assert float(history(chief)[-1]["loss"]) == pytest.approx(float(history(jax_runs["parallel"])[-1]["loss"]), rel=1e-6)
     assert metrics(worker)["recon_mse"] == metrics(chief)["recon_mse"]
 
 
