@@ -24,7 +24,8 @@ RUN_FILES = ("config.json", "history.csv", "metrics.json", "model.keras", "state
 # learning rate. Measured once by hand (v2-joint-noaug, smoke, 2 epochs, Adam, on 2 host devices vs 1): 1.4e-3
 # relative on epoch 1's training loss, 1.4e-4 on epoch 2's validation loss; two processes gave the two devices'
 # numbers bit for bit. 2e-2 bounds that with margin; a batch split wrongly (a process training on another
-# process's rows, or on the whole batch) trains on other images.
+# process's rows) trains on other images. (Each process feeding the whole batch would not show here: a batch
+# twice has the same mean loss.)
 DATA_PARALLEL_RTOL = 2e-2
 
 JAX_CHILD = textwrap.dedent("""
