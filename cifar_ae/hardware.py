@@ -62,16 +62,32 @@ def usable_cores() -> int:
 
 
 def gpus() -> list[dict]:
-    """TensorFlow's GPUs with their compute capability, [] without TensorFlow or GPUs."""
+    """The backend's GPUs with their compute capability, asked of the backend in use (a JAX-only machine needs
+    no TensorFlow); [] without GPUs."""
+    import keras
+    backend = keras.backend.backend()
+    found = []
     try:
-        import tensorflow as tf
+        if backend == "jax":
+            import jax
+            for dev in jax.devices():
+                if dev.platform == "gpu":
+                    cap = getattr(dev, "compute_capability", "") or ""
+                    found.append({"name": dev.device_kind,
+                                  "compute_capability": [int(p) for p in str(cap).split(".") if p.isdigit()]})
+        elif backend == "torch":
+            import torch
+            for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+                found.append({"name": torch.cuda.get_device_name(i),
+                              "compute_capability": list(torch.cuda.get_device_capability(i))})
+        else:
+            import tensorflow as tf
+            for dev in tf.config.list_physical_devices("GPU"):
+                details = tf.config.experimental.get_device_details(dev)
+                found.append({"name": details.get("device_name", dev.name),
+                              "compute_capability": list(details.get("compute_capability") or ())})
     except ImportError:
         return []
-    found = []
-    for dev in tf.config.list_physical_devices("GPU"):
-        details = tf.config.experimental.get_device_details(dev)
-        found.append({"name": details.get("device_name", dev.name),
-                      "compute_capability": list(details.get("compute_capability") or ())})
     return found
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
-import platform
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import keras
 
-from . import compute, completeness, evaluate, hardware, memory, models, resume, runs, scoring, tricks
+from . import (backend, compute, completeness, evaluate, hardware, memory, models, resume, runs, scoring, tensorboard_log,
+               tricks)
 from .batches import ArrayBatches, steps_per_epoch
 from .models import builder_defaults
 from .data import class_index, fit_scaling, load_cifar10, make_balanced, make_imbalanced, sample_weights, train_val_split
@@ -155,8 +155,7 @@ def check_buildable(trial: Trial) -> None:
         if unmatched:
             raise TrialError(f"trial '{trial.name}': weight_decay_skip prefixes {unmatched} match no layer of "
                              f"{trial.model}; its layers: {', '.join(names)}.")
-    if trial.strategy == "mirrored" and keras.backend.backend() != "tensorflow":
-        raise TrialError("strategy 'mirrored' needs the TensorFlow backend (KERAS_BACKEND=tensorflow).")
+    backend.check_strategy(trial.strategy)
 
 
 def build_model(trial, upstream_dir=None):
@@ -217,21 +216,6 @@ def monitor_for(task):
 
 # --------------------------------------------------------------------------- the run
 
-def versions() -> dict:
-    import sklearn
-    import tensorflow as tf
-    return {"python": platform.python_version(), "keras": keras.__version__, "backend": keras.backend.backend(),
-            "tensorflow": tf.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__,
-            "platform": platform.platform()}
-
-
-def enable_determinism() -> bool:
-    """TensorFlow's op determinism (same seed, same machine -> same numbers); returns whether it is on."""
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-    tf.config.experimental.enable_op_determinism()
-    return True
 
 
 def _batches(trial, data, settings, seed, train: bool, batch_size=None):
@@ -286,7 +270,8 @@ def plan_run(trial, preset="quick", seed=0, out_dir=None, epochs=None, variant=N
     runs.folder_name(preset, seed, "", True, variant)  # a bad variant name fails here
     check_buildable(trial)
     runs.check_writable(runs_root(out_dir) if folder is None else Path(folder).parent)  # before the data loads
-    memory.configure_threads()  # before "auto" times its kernels, and before any op fixes the pools
+    backend.initialize_processes()  # JAX: before any computation
+    backend.configure_threads()  # before "auto" times its kernels, and before any op fixes the pools
     precision = hardware.resolve_precision(trial.precision)
     data = prepare_data(trial, settings, seed, source)
     upstream_trial, upstream = upstream, None
@@ -302,14 +287,13 @@ def plan_run(trial, preset="quick", seed=0, out_dir=None, epochs=None, variant=N
         upstream = plan_run(up, preset, seed, out_dir, upstream_epochs, upstream_variant, source=source)
     up_key = None if upstream is None else {"trial": upstream.trial.name, "key_digest": upstream.key_digest}
     defaults = builder_defaults(trial.model)
-    key = runs.run_key(trial, preset, settings, seed, precision, data_identity(data), up_key, defaults,
-                    builder_source(trial.model))
+    key = backend.key_with_backend(runs.run_key(trial, preset, settings, seed, precision, data_identity(data), up_key,
+                                                defaults, builder_source(trial.model)))
     key_digest = runs.digest(key)
     plain = runs.is_registered(trial, settings, preset, defaults)
     if folder is None:
         folder = runs.run_folder(runs_root(out_dir), trial, preset, seed, key_digest, plain, variant)
-    else:
-        folder = Path(folder)
+    folder = backend.own_folder(folder)  # TensorFlow's unchanged; another backend's or process's beside it
     return RunPlan(trial, preset, seed, settings, precision, data, key, key_digest, folder, plain, upstream)
 
 
@@ -340,14 +324,14 @@ def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=Fa
         upstream_dir = run_trial(plan.upstream.trial, preset, seed, out_dir, epochs=upstream_epochs, verbose=verbose,
                                  source=source, variant=upstream_variant)
 
-    speed = {"malloc": memory.tune_malloc(), "tf_threads": memory.configure_threads()}
+    speed = {"malloc": memory.tune_malloc(), "tf_threads": backend.configure_threads()}
     keras.utils.set_random_seed(seed)  # here, after any upstream training, so the same seed builds the same net
-    determinism = enable_determinism()
+    determinism = backend.enable_determinism()
     previous_policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(precision)
     created = not run.exists()
     try:
-        with distribution_scope(trial.strategy):
+        with backend.distribution_scope(trial.strategy):
             model, _ = build_model(trial, upstream_dir)
             if trial.whitening:  # from this run's training images, before compile fixes what trains
                 models.init_whitening(model, data["x_train"])
@@ -377,6 +361,7 @@ def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=Fa
                 raise
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+        backend.end_distribution()
 
 
 def _reusable(run, trial) -> bool:
@@ -406,21 +391,12 @@ def _write_config(run, trial, preset, seed, settings, data, key, key_digest, pre
               "precision": precision, "precision_why": hardware.choose_precision(trial.precision)[1],
               "op_determinism": determinism, "machine": hardware.describe(),
               "upstream_run": None if upstream_dir is None else str(upstream_dir), "command": command_line(),
-              "cwd": os.getcwd(), "data_source": data["source"], "versions": versions(),
+              "cwd": os.getcwd(), "data_source": data["source"], "versions": backend.versions(),
               "train_images": len(data["y_train"]), "val_images": len(data["y_val"]), "test_images": len(data["y_test"]),
               "train_class_counts": np.bincount(data["y_train"], minlength=10).tolist(),
               "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), **compute}
     evaluate.write_json_atomic(run / "config.json", config)
     return config
-
-
-def distribution_scope(strategy):
-    """A tf.distribute scope for `--strategy mirrored` (TensorFlow backend), else a no-op context."""
-    import contextlib
-    if strategy is None:
-        return contextlib.nullcontext()
-    import tensorflow as tf
-    return tf.distribute.MirroredStrategy().scope()
 
 
 def trick_callbacks(trial, model, settings, train_images):
@@ -457,23 +433,25 @@ def _train_and_record(trial, preset, seed, settings, run, data, model, callbacks
 
 def _train(trial, settings, run, data, model, callbacks, verbose, seed):
     monitor, mode = monitor_for(trial.task)
-    val = _batches(trial, data, settings, seed, False) if len(data["y_val"]) else None  # None: no best epoch, the last
+    val = backend.shard(_batches(trial, data, settings, seed, False)) if len(data["y_val"]) else None  # None: no best epoch, the last
     schedules = trick_callbacks(trial, model, settings, len(data["y_train"]))
     stateful = [cb for cb in schedules if type(cb).__name__ in resume.STATEFUL_ATTRS]
     extra = [v for cb in schedules for v in getattr(cb, "variables", ())]  # a callback's own state (Lookahead's)
     for first, end, batch_size in tricks.batch_stages(trial.batch_sizes or (trial.batch_size,), settings["epochs"]):
-        train = _batches(trial, data, settings, seed, train=True, batch_size=batch_size)
+        train = backend.shard(_batches(trial, data, settings, seed, train=True, batch_size=batch_size))
         state = resume.RunState(run, monitor, mode, stateful=stateful, datasets=[train], variables=extra)
         if state.stopped or state.epochs_done >= end:
             continue
         if not model.optimizer.built:  # restoring needs the optimizer's variables to exist
-            with model.distribute_strategy.scope():
+            with backend.optimizer_scope(model):
                 model.optimizer.build(model.trainable_variables)
         model.fit(train, validation_data=val, initial_epoch=max(first, state.epochs_done), epochs=end,
-                  callbacks=[*schedules, *callbacks, state], verbose=verbose, shuffle=False)
+                  callbacks=[*schedules, *callbacks, state, *tensorboard_log.callbacks(run, state)], verbose=verbose,
+                  shuffle=False)
     state = resume.RunState(run, monitor, mode)
     state.restore_final(model)
     resume.save_model_atomic(model, run / "model.keras")
+    model = backend.undistributed(model, run / "model.keras")
     final = resume.read_state(run)
     final.update(trained=True, model_sha256=resume.sha256_file(run / "model.keras"), best_epoch=state.best_epoch)
     resume.write_state(run, final)  # checkpoints/ stays until the run is scored (scoring.seal)

@@ -161,7 +161,7 @@ FIELDS = {
     "tta_flip": ("True or False", lambda v: isinstance(v, bool)),
     "drop_last": ("True or False", lambda v: isinstance(v, bool)),
     "precision": _options("auto", "float32", "mixed_bfloat16", "mixed_float16"),
-    "strategy": _options(None, "mirrored"),
+    "strategy": _options(None, "mirrored", "data_parallel"),
     "presets": (f"a dict of preset -> {{setting: value}} with presets from {list(PRESETS)} and settings from "
                 f"{list(SETTING_KEYS)}", _presets),
     "study": _mapping(),
@@ -238,7 +238,7 @@ class Trial:
     ema_momentum: float | None = None  # weights' EMA (Keras' use_ema), written into the model after every epoch
     lookahead: float | None = None     # airbench94's lookahead, its final decay (0.95^5 there): tricks.Lookahead
     precision: str = "float32"         # "auto": bf16 where native and measured faster (cifar_ae.hardware)
-    strategy: str | None = None        # None | "mirrored": tf.distribute.MirroredStrategy over all devices
+    strategy: str | None = None        # None | "mirrored" (TensorFlow, one host) | "data_parallel" (JAX): cifar_ae.backend
     presets: dict = field(default_factory=dict)  # per-preset overrides of PRESETS
     study: dict = field(default_factory=dict)    # the study's reported numbers, for reports
 

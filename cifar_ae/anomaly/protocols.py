@@ -91,7 +91,7 @@ def run_protocol(protocol, preset="quick", seed=0, out_dir=None, source=None, co
 
     Per-unit scores are cached in scores/ so a killed run resumes; a run whose settings changed starts over.
     """
-    from ..training import versions
+    from ..backend import versions
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol '{protocol}'; valid protocols: {', '.join(PROTOCOLS)}.")
     settings = settings_for(preset)

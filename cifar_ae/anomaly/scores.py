@@ -4,7 +4,7 @@ Scores (`AnomalyScorer`):
 
 ====================  ======================================================================================
 mse                   per-image reconstruction mean squared error (images in [0, 1])
-ssim                  1 - SSIM(input, reconstruction) (`tf.image.ssim`): structure rather than brightness
+ssim                  1 - SSIM(input, reconstruction) (tf.image.ssim's, in keras.ops): structure rather than brightness
 mahalanobis           squared Mahalanobis distance of the flattened `features` output to a Gaussian fitted
                       on the normal training images (Ledoit-Wolf shrinkage), as in Denouden et al. 2018
 mahalanobis_l2        the same after scaling each image's feature vector to unit length: its direction, not
@@ -71,11 +71,9 @@ def reconstruction_mse(x, reconstruction) -> np.ndarray:
 
 
 def ssim_distance(x, reconstruction, chunk: int = 2000) -> np.ndarray:
-    """Per-image 1 - SSIM (tf.image.ssim, 11x11 Gaussian window, peak 1)."""
-    import tensorflow as tf
-    out = [1.0 - tf.image.ssim(tf.constant(x[i:i + chunk], tf.float32),
-                               tf.constant(reconstruction[i:i + chunk], tf.float32), max_val=1.0).numpy()
-           for i in range(0, len(x), chunk)]
+    """Per-image 1 - SSIM (cifar_ae.backend.ssim: tf.image.ssim's definition in keras.ops, any backend)."""
+    from ..backend import ssim
+    out = [1.0 - ssim(x[i:i + chunk], reconstruction[i:i + chunk], max_val=1.0) for i in range(0, len(x), chunk)]
     return np.concatenate(out).astype(np.float64)
 
 

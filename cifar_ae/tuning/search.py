@@ -274,7 +274,7 @@ def rescore_best(t, hypermodel, top, epochs):
 def finalize(t, hypermodel, tuner, model, preset, seed, max_trials, settings, results_dir, save_trial=None,
              role="single", command=None, search_seconds=None, rescore_top=3) -> dict:
     """Pick the best configuration (re-scored here on a chief), score it on the test set once, write the results."""
-    from ..training import versions
+    from ..backend import versions
     rows = collect_trials(t.project_dir, list(t.oracle.trials.values()))
     completed = [r for r in rows if r["score"] is not None and r["status"] == "COMPLETED"]
     if not completed:
