@@ -29,14 +29,15 @@ def record(model, trial, preset, seed, settings, run, data) -> dict:
     metrics["trainable_params"] = int(sum(int(np.prod(w.shape)) for w in model.trainable_weights))
     epochs_run = len(next(iter(history.values()), []))
     train_seconds = float(sum(history.get("train_seconds", [])))
-    flops = (runs.read_config(run) or {}).get("train_flops_per_image")
+    config = runs.read_config(run) or {}
+    flops = config.get("train_flops_per_image")
     metrics.update({"trial": trial.name, "preset": preset, "seed": seed, "epochs": epochs_run,
                     "train_pflops": None if flops is None else round(flops * len(data["y_train"]) * epochs_run / 1e15, 5),
                     "best_epoch": state.get("best_epoch"), "stopped_early": bool(state.get("stopped")),
                     "train_seconds": round(train_seconds, 1),
                     "train_images_per_second": round(len(data["y_train"]) * epochs_run / train_seconds, 1)
                     if train_seconds > 0 else None,
-                    "study": trial.study, "command": command_line()})
+                    "pixel_bypass": config.get("pixel_bypass"), "study": trial.study, "command": command_line()})
     if history:
         plots.save(plots.training_curves(history), run / "figures" / "curves.png")
     evaluate.write_json_atomic(run / "metrics.json", metrics)

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import keras
 
-from . import (backend, compute, completeness, evaluate, hardware, memory, models, resume, runs, scoring, tensorboard_log,
-               tricks)
+from . import (backend, bypass, compute, completeness, evaluate, hardware, memory, models, resume, runs, scoring,
+               tensorboard_log, tricks)
 from .batches import ArrayBatches, steps_per_epoch
 from .models import builder_defaults
 from .data import class_index, fit_scaling, load_cifar10, make_balanced, make_imbalanced, sample_weights, train_val_split
@@ -350,7 +350,9 @@ def run_trial(trial, preset="quick", seed=0, out_dir=None, epochs=None, force=Fa
                     config = _write_config(run, trial, preset, seed, settings, data, key, key_digest, precision,
                                            determinism, upstream_dir,
                                            {**speed, "train_flops_per_image": compute.train_flops_per_image(model),
-                                            "builder_defaults": runs.canonical(defaults)})
+                                            "builder_defaults": runs.canonical(defaults),
+                                            "pixel_bypass": bypass.pixel_bypass(model) if trial.task == "joint"
+                                            and trial.upstream is None else None})
                 _train_and_record(trial, preset, seed, settings, run, data, model, callbacks, verbose)
                 print(scoring.summary_line(run, "trained"), flush=True)
                 return run

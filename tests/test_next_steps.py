@@ -58,11 +58,21 @@ def test_the_dev_script_keeps_and_commits_only_finished_runs_small_files(tmp_pat
     subprocess.run(git + ["init", "-q"], check=True)
     subprocess.run(git + ["add", "tools"], check=True)
     subprocess.run(git + ["commit", "-q", "-m", "init"], check=True)
+    import json
+    from cifar_ae import runs, scoring
     run = repo / "runs" / "exp" / "row" / "quick-s0"
     run.mkdir(parents=True)
-    for name in ("config.json", "history.csv", "metrics.json", "model.keras"):
-        (run / name).write_text(name)
-    (repo / "runs" / "exp" / "row" / "quick-s1").mkdir()  # unfinished: no metrics.json
+    key = {"trial": {"task": "autoencoder"}}
+    (run / "config.json").write_text(json.dumps({"trial": {"task": "autoencoder"}, "key": key,
+                                                 "key_digest": runs.digest(key)}))
+    (run / "metrics.json").write_text(json.dumps({"trial": "t", "preset": "quick", "seed": 0, "epochs": 1,
+                                                  "recon_mse": 0.01}))
+    (run / "history.csv").write_text("epoch,loss\n0,0.1\n")
+    (run / "model.keras").write_text("model")
+    scoring.seal(run)  # a finished run: state.json says scored, with its files' sha256 (cifar_ae.completeness)
+    unfinished = repo / "runs" / "exp" / "row" / "quick-s1"
+    shutil.copytree(run, unfinished)
+    (unfinished / "state.json").write_text(json.dumps({"epochs_done": 1, "trained": True}))  # not yet scored
     (repo / "unrelated.txt").write_text("work in progress")
     env = {**__import__("os").environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}
@@ -70,8 +80,8 @@ def test_the_dev_script_keeps_and_commits_only_finished_runs_small_files(tmp_pat
     subprocess.run(script, cwd=repo, env=env, check=True, capture_output=True)
     log = subprocess.run(git + ["show", "--name-only", "--format=%s"], capture_output=True, text=True, check=True).stdout
     assert log.split("\n")[0] == "results: exp/row/quick-s0"
-    assert sorted(filter(None, log.splitlines()[1:])) == [f"results/runs/exp/row/quick-s0/{n}"
-                                                          for n in ("config.json", "history.csv", "metrics.json")]
+    assert sorted(filter(None, log.splitlines()[1:])) == ["results/runs/SHA256SUMS"] + [
+        f"results/runs/exp/row/quick-s0/{n}" for n in ("config.json", "history.csv", "metrics.json")]
     status = subprocess.run(git + ["status", "--porcelain", "--untracked-files=normal"], capture_output=True,
                             text=True, check=True).stdout
     assert "unrelated.txt" in status and "results/" not in status
