@@ -28,7 +28,7 @@ from .trials import PRESETS, TRIALS, Trial, TrialError, check_epochs, check_name
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 FILE_KEYS = {"description": str, "base": str, "preset": str, "seeds": list, "epochs": int, "pflops": float,
-             "test_every_epoch": bool, "goals": list, "rows": dict, "named": list}
+             "test_every_epoch": bool, "goals": list, "rows": dict, "named": list, "frontier": bool}
 ROW_KEYS = {"why": str, "changes": dict, "parent": str, "epochs": int, "formerly": str}
 GOAL_KEYS = {"name": str, "pflops": float, "test_accuracy": float, "recon_mse": float, "seeds": int}
 MERGED_FIELDS = ("model_args", "presets")  # a row's changes merge into these dicts; every other field is replaced
@@ -63,6 +63,7 @@ class Experiment:
     test_every_epoch: bool = False
     goals: tuple = ()
     named: tuple = ()  # rows a figure keeps in colour (the rest are grey)
+    frontier: bool = False  # the table also draws accuracy against reconstruction MSE (<name>_frontier.png)
 
     def folder(self, runs_root, row, preset, seed) -> Path:
         return Path(runs_root) / self.name / row / f"{preset}-s{seed}"
@@ -173,7 +174,7 @@ def load_experiment(path, _loading=()) -> Experiment:
         raise ExperimentError(f"{path}: named row {unknown[0]!r} is not a row; valid rows: {', '.join(rows)}.")
     return Experiment(name, path, data["description"], data["base"], data["preset"], seeds,
                       {r: rows[r] for r in raw}, data.get("epochs"), data.get("pflops"),
-                      bool(data.get("test_every_epoch", False)), tuple(goals), named)
+                      bool(data.get("test_every_epoch", False)), tuple(goals), named, bool(data.get("frontier", False)))
 
 
 def parent_trial(parent, raw, build, chain, where, loading) -> Trial:
@@ -447,6 +448,10 @@ def write_table(experiment, runs_root, output_dir, preset=None, command=None) ->
     output.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output, text)
     write_json_atomic(output.with_suffix(".json"), result)
+    if experiment.frontier and result["rows"]:
+        from .plots import accuracy_against_mse, save
+        save(accuracy_against_mse(result["rows"], f"{experiment.name}: {experiment.description}"),
+             output.with_name(f"{experiment.name}_frontier.png"))
     return output
 
 

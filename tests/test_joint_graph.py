@@ -55,3 +55,16 @@ def test_every_table_labels_its_joint_rows_as_their_graphs_are():
             assert row["pixel_bypass"] == X.pixel_bypass(experiment.rows[row["row"]].trial), (table, row["row"])
             checked += row["pixel_bypass"] is not None
     assert checked > 0
+
+
+def test_the_frontier_draws_joint_rows_as_points_and_the_classifier_alone_as_a_line():
+    from cifar_ae.plots import accuracy_against_mse
+    rows = [{"row": "recon40", "val_accuracy": 0.85, "test_accuracy": 0.84, "recon_mse": 0.004, "pixel_bypass": False},
+            {"row": "recon10", "val_accuracy": 0.87, "test_accuracy": 0.86, "recon_mse": 0.008, "pixel_bypass": False},
+            {"row": "alone", "val_accuracy": 0.88, "test_accuracy": 0.87, "recon_mse": 0.05, "pixel_bypass": None},
+            {"row": "bypass", "val_accuracy": 0.89, "test_accuracy": 0.88, "recon_mse": 0.0009, "pixel_bypass": True}]
+    ax = accuracy_against_mse(rows).axes[0]
+    points = [tuple(c.get_offsets()[0]) for c in ax.collections]
+    assert len(points) == 6 and (0.0009, 89.0) in [(round(x, 4), round(y, 1)) for x, y in points]
+    assert [line.get_ydata()[0] for line in ax.get_lines()] == [88.0]  # the classifier alone: a line, no MSE point
+    assert [t.get_text() for t in ax.texts] == ["recon40", "recon10", "bypass (pixel bypass)"]
