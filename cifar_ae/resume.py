@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import keras
 
+from .completeness import sha256_file
+
 STATE_FILE = "state.json"
 STATEFUL_ATTRS = {  # callback class name -> attributes that carry over between epochs
     "ReduceLROnPlateau": ("best", "wait", "cooldown_counter"),
@@ -37,14 +39,6 @@ STATEFUL_ATTRS = {  # callback class name -> attributes that carry over between 
 
 class CheckpointError(ValueError):
     """A run's checkpoint is damaged or does not fit the model; the message names the file and the fix."""
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_bytes_atomic(path, data: bytes):
