@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_atomic
 from .batchfile import check_labels, read_batch
 from .errors import DataError
 
@@ -178,27 +179,18 @@ def arrays_digest(arrays: dict) -> str:
 def _atomic_save_npz(path: Path, **arrays):
     """np.savez to a temp file, then rename; on any failure (a full disk) the temp file goes too."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
 
 
 def _write_cache(cache: Path, data, arrays, root: Path, fmt: str) -> None:
     """The decoded arrays and their sidecar; a cache that cannot be written (read-only, full, a file in the way)
     is a warning, and this run goes on without it."""
-    tmp = cache.with_suffix(f".tmp{os.getpid()}.json")
     try:
         _atomic_save_npz(cache, **arrays, train_files=data.train_files, test_files=data.test_files)
         meta = {"sha256": data.digest, "source": str(root), "format": fmt,
                 "shapes": {k: list(v.shape) for k, v in arrays.items()}, "dtypes": {k: v.dtype.str for k, v in arrays.items()}}
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, cache.with_suffix(".json"))
+        write_atomic(cache.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
     except OSError as e:
-        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
         import warnings
         warnings.warn(f"CIFAR-10 cache not written to {cache.parent} ({e.strerror or e}); running without it. Set "
                       "CIFAR_AE_CACHE to a writable folder with 200 MB free to decode the images once.", stacklevel=2)
@@ -376,9 +368,7 @@ def write_subset_file(files, y, path=SUBSET_FILE):
     kept = set(_seeded_keep(np.asarray(y), {class_index(c): int(np.sum(y == class_index(c)) // 2)
                                             for c in STUDY_REDUCED_CLASSES}, 0).tolist())
     removed = [f for i, f in enumerate(files) if i not in kept]
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text("\n".join(removed) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text("\n".join(removed) + "\n"))
     return removed
 
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 from sklearn import metrics as skm
+
+from .atomic import write_atomic
 
 
 def classification_metrics(y_true, y_prob, class_names) -> dict:
@@ -58,10 +58,7 @@ def evaluate_outputs(task, x_test_unit, y_test, outputs, class_names) -> dict:
 
 def write_text_atomic(path, text):
     """Write text via a temp file and rename, so a killed run never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json_atomic(path, obj):

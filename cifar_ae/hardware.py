@@ -20,6 +20,8 @@ import statistics
 import time
 from pathlib import Path
 
+from .atomic import write_atomic
+
 # CPU flags with native bf16 arithmetic (oneDNN uses them for bf16 matmul/conv); without them bf16 is emulated
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 REPORTED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
@@ -196,9 +198,8 @@ def measured_peaks() -> dict | None:
     peaks = {dtype: kernels[dtype]["peak_gflops"] for dtype in ("float32", "bfloat16")}
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"machine": machine, "peaks": peaks, "kernels": kernels}, indent=1))
-        os.replace(tmp, cache)
+        write_atomic(cache, lambda tmp: tmp.write_text(json.dumps({"machine": machine, "peaks": peaks,
+                                                                    "kernels": kernels}, indent=1)))
     except OSError:
         pass  # a read-only cache: measured again next process
     return peaks

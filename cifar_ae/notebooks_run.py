@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .atomic import write_atomic
 from .runs import named_folder
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -168,10 +169,7 @@ def terminal_text(text: str) -> str:
 def export_html(nb, path):
     from nbconvert import HTMLExporter
     body, _ = HTMLExporter().from_notebook_node(nb)
-    tmp = Path(path).with_suffix(".html.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    os.replace(tmp, path)
-    return Path(path)
+    return write_atomic(path, lambda tmp: tmp.write_text(body, encoding="utf-8"))
 
 
 @contextlib.contextmanager
@@ -239,9 +237,7 @@ def execute(name, preset="quick", seed=0, runs=None, out=None, cifar10_dir=None,
               "started": datetime.fromtimestamp(started_wall, timezone.utc).isoformat(timespec="seconds"),
               "seconds": round(seconds, 1), "output": str(out_nb), "html": str(out_html),
               "runs": [_run_record(t, v, preset, seed, Path(params["RUNS"]), started_wall - 1, force) for t, v in spec.runs]}
-    tmp = folder / ".timing.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, folder / "timing.json")
+    write_atomic(folder / "timing.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
     return record
 
 

@@ -5,21 +5,18 @@ object API so nothing depends on a display.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from .atomic import write_atomic
 
 
 def save(fig, path):
     """Save atomically (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"), suffix=path.suffix)
 
 
 # One panel per metric, in this order: (title, y label, log scale, how to find its history.csv column). A trial's

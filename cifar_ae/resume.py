@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import keras
 
+from .atomic import write_atomic
 from .completeness import sha256_file
 
 STATE_FILE = "state.json"
@@ -42,13 +43,12 @@ class CheckpointError(ValueError):
 
 
 def write_bytes_atomic(path, data: bytes):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    write_atomic(path, write)
 
 
 def save_arrays(path, arrays) -> str:
@@ -220,7 +220,4 @@ class RunState(keras.callbacks.Callback):
 
 def save_model_atomic(model, path):
     """model.save to a temp .keras file, then rename: a kill never leaves half a model.keras."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    write_atomic(path, model.save, suffix=".keras")

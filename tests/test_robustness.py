@@ -272,6 +272,19 @@ def test_6e_a_failed_download_is_one_line(no_data, tmp_path, monkeypatch, capsys
     assert rc == 2 and len(errors) == 1 and "download" in errors[0] and "CIFAR10_DIR" in errors[0], err[-1500:]
 
 
+def test_6f_a_write_that_fills_the_disk_leaves_neither_half_a_file_nor_its_temp(tmp_path):
+    from cifar_ae.atomic import write_atomic
+    from cifar_ae.resume import write_bytes_atomic
+    with tmpfs(tmp_path / "small", "64k") as small:
+        (small / "metrics.json").write_text("{}")
+        with pytest.raises(OSError):
+            write_bytes_atomic(small / "metrics.json", b"x" * 200_000)
+        with pytest.raises(OSError):
+            write_atomic(small / "model.keras", lambda tmp: tmp.write_bytes(b"x" * 200_000), suffix=".keras")
+        assert sorted(p.name for p in small.iterdir()) == ["metrics.json"]
+        assert (small / "metrics.json").read_text() == "{}"  # the old file, whole
+
+
 # --------------------------------------------------------------------------- 7-9
 
 def test_7_a_symlink_loop_in_the_cifar_tree_is_one_line(tmp_path, monkeypatch, capsys):

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import data as D
+from ..atomic import write_atomic
 from ..evaluate import write_json_atomic, write_text_atomic
 from .corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from .report import (DEEP_SVDD, DEEP_SVDD_MEAN, auroc_bars, auroc_markdown, auroc_table, corruption_examples,
@@ -127,9 +128,7 @@ def _reset_if_changed(run, settings):
 def _save_npz_atomic(path, **arrays):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
 
 
 def _cached_unit(path, compute):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from .. import evaluate as E
+from ..atomic import write_atomic
 from ..trials import Trial
 from .space import UPSTREAM, classifier_model_args, joint_model_args
 
@@ -177,8 +177,4 @@ def write_markdown(summary, path) -> Path:
           f"test balanced accuracy {test['balanced_accuracy']:.4f}.", "",
           f"Saved as trial `{name}`: `python -m cifar_ae train {name} --preset quick`.", "",
           "![scores](tuning_scores.png)", "", trials_markdown(rows, best["trial_id"])]
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(md))
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: tmp.write_text("\n".join(md)))
