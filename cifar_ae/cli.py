@@ -46,6 +46,21 @@ def cmd_experiment(args):
     print(f"wrote {table} and {table.with_suffix('.json')}")
 
 
+def cmd_probe(args):
+    import dataclasses
+    from .probe import load_probe, run_probe, write_table
+    probe = load_probe(args.file)
+    if args.preset:
+        probe = dataclasses.replace(probe, preset=args.preset)
+    runs_root = Path(args.runs or os.environ.get("CIFAR_AE_RUNS") or "runs")
+    if not args.table_only:
+        run_probe(probe, args.rows, args.seeds, runs_root)
+    command = "python -m cifar_ae " + " ".join(sys.argv[1:]) if args.table_only else None
+    table = write_table(probe, runs_root, args.tables or runs_root, command)
+    print(table.read_text())
+    print(f"wrote {table} and {table.with_suffix('.json')}")
+
+
 def cmd_train(args):
     from .runinfo import parse_assignments
     from .training import run_trial
@@ -198,6 +213,16 @@ def main(argv=None):
                    "and train nothing")
     p.add_argument("--table-only", action="store_true", help="train nothing; table the complete runs")
     p.set_defaults(func=cmd_experiment)
+    p = sub.add_parser("probe", help="a linear probe of frozen features (experiments/probes/*.toml), then its table")
+    p.add_argument("file", help="a probe file, e.g. experiments/probes/linear_probe.toml")
+    p.add_argument("--rows", nargs="+", default=None, metavar="ROW", help="only these rows (default: all)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED", help="default: the file's seeds")
+    p.add_argument("--preset", default=None, help="the encoders' preset and the data sizes (default: the file's)")
+    p.add_argument("--runs", default=None, help="runs root (default: $CIFAR_AE_RUNS or ./runs); probes live in "
+                   "<runs>/probe/<file>/<row>/<preset>-s<seed>, encoders where train and experiment put them")
+    p.add_argument("--tables", default=None, metavar="DIR", help="write <file>.md/.json here (default: --runs)")
+    p.add_argument("--table-only", action="store_true", help="fit nothing; table the finished probes")
+    p.set_defaults(func=cmd_probe)
     p = sub.add_parser("figures", help="redraw a run folder's figures from its small files")
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.set_defaults(func=cmd_figures)

@@ -222,8 +222,9 @@ def select(experiment, rows=None) -> list:
 
 
 def row_epochs(experiment, row, preset, seed) -> int | None:
-    """The epochs a row runs: its own or the file's, or the epochs that fit the file's compute budget (pflops)."""
-    if row.epochs is not None or experiment.pflops is None:
+    """The epochs a row runs: its own or the file's, or the epochs that fit the file's compute budget (pflops) at
+    the file's own preset (another preset, e.g. smoke, runs its own epochs: a budget is for the data it was set for)."""
+    if row.epochs is not None or experiment.pflops is None or preset != experiment.preset:
         return row.epochs
     from .training import plan_data_size, trial_flops
     images = plan_data_size(row.trial, preset, seed)

@@ -85,10 +85,13 @@ def cnn_blocks(x, filters=(128, 128), convs_per_block=2, dropout=0.3, prefix="cl
 
 # --------------------------------------------------------------------------- v0: MLP autoencoder
 
-def mlp_autoencoder(code_units=768, input_shape=IMAGE_SHAPE):
-    """Flatten -> Dense(768, relu) -> BatchNorm (= `features`) -> Dense(3072, sigmoid) -> image."""
+def mlp_autoencoder(code_units=768, input_shape=IMAGE_SHAPE, hidden_units=()):
+    """Flatten -> [Dense(h, relu) for h in hidden_units] -> Dense(768, relu) -> BatchNorm (= `features`) ->
+    Dense(3072, sigmoid) -> image. hidden_units=(1536,) makes the study's "3 fully connected layers"."""
     inputs = keras.Input(input_shape, name="image")
     x = layers.Flatten(name="flatten")(inputs)
+    for i, units in enumerate(hidden_units):
+        x = layers.Dense(units, activation="relu", name=f"hidden{i + 1}")(x)
     x = layers.Dense(code_units, activation="relu", name="code")(x)
     features = layers.BatchNormalization(name="features")(x)
     x = layers.Dense(int(input_shape[0] * input_shape[1] * input_shape[2]), activation="sigmoid", name="decoder_dense")(features)
