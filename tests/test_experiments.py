@@ -76,7 +76,8 @@ def test_every_committed_run_folder_is_the_run_its_row_defines():
     for experiment, row, run in _committed_runs():
         config = json.loads((run / "config.json").read_text())
         preset = run.name.rsplit("-s", 1)[0]
-        settings = {**row.trial.settings(preset), **({"epochs": row.epochs} if row.epochs else {})}
+        epochs = X.row_epochs(experiment, row, preset, int(run.name.rsplit("-s", 1)[1]))  # its own, or its budget's
+        settings = {**row.trial.settings(preset), **({"epochs": epochs} if epochs else {})}
         defaults = builder_defaults(row.trial.model)
         recorded = config["key"]["trial"] if "key" in config else config["trial"]
         mine = runs.key_fields(row.trial, defaults)
