@@ -170,6 +170,17 @@ def cmd_anomaly(args):
     print(f"{run}: best {result['best']['score']} mean AUROC {result['best']['mean']:.1f}")
 
 
+def _file_of_rows(p, file_help, preset_help, layout, table_only_help):
+    """The arguments `experiment` and `probe` share: a file of rows, which rows and seeds, where runs and tables go."""
+    p.add_argument("file", help=file_help)
+    p.add_argument("--rows", nargs="+", default=None, metavar="ROW", help="only these rows (default: all)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED", help="default: the file's seeds")
+    p.add_argument("--preset", default=None, help=preset_help)
+    p.add_argument("--runs", default=None, help=f"runs root (default: $CIFAR_AE_RUNS or ./runs); they live in {layout}")
+    p.add_argument("--tables", default=None, metavar="DIR", help="write <file>.md/.json here (default: --runs)")
+    p.add_argument("--table-only", action="store_true", help=table_only_help)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cifar_ae", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,26 +213,16 @@ def main(argv=None):
                    "files under --runs (wall time, trial runs trained or reused)")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("experiment", help="train an experiment file's missing runs, then write its table")
-    p.add_argument("file", help="an experiment file, e.g. experiments/v4.toml")
-    p.add_argument("--rows", nargs="+", default=None, metavar="ROW", help="only these rows (default: all)")
-    p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED", help="default: the file's seeds")
-    p.add_argument("--preset", default=None, help="default: the file's preset")
-    p.add_argument("--runs", default=None, help="runs root (default: $CIFAR_AE_RUNS or ./runs); runs live in "
-                   "<runs>/<experiment>/<row>/<preset>-s<seed>")
-    p.add_argument("--tables", default=None, metavar="DIR", help="write <experiment>.md/.json here (default: --runs)")
+    _file_of_rows(p, "an experiment file, e.g. experiments/v4.toml", "default: the file's preset",
+                  "<runs>/<experiment>/<row>/<preset>-s<seed>", "train nothing; table the complete runs")
     p.add_argument("--commands", action="store_true", help="print one command per missing run (for a scheduler) "
                    "and train nothing")
-    p.add_argument("--table-only", action="store_true", help="train nothing; table the complete runs")
     p.set_defaults(func=cmd_experiment)
     p = sub.add_parser("probe", help="a linear probe of frozen features (experiments/probes/*.toml), then its table")
-    p.add_argument("file", help="a probe file, e.g. experiments/probes/linear_probe.toml")
-    p.add_argument("--rows", nargs="+", default=None, metavar="ROW", help="only these rows (default: all)")
-    p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED", help="default: the file's seeds")
-    p.add_argument("--preset", default=None, help="the encoders' preset and the data sizes (default: the file's)")
-    p.add_argument("--runs", default=None, help="runs root (default: $CIFAR_AE_RUNS or ./runs); probes live in "
-                   "<runs>/probe/<file>/<row>/<preset>-s<seed>, encoders where train and experiment put them")
-    p.add_argument("--tables", default=None, metavar="DIR", help="write <file>.md/.json here (default: --runs)")
-    p.add_argument("--table-only", action="store_true", help="fit nothing; table the finished probes")
+    _file_of_rows(p, "a probe file, e.g. experiments/probes/linear_probe.toml",
+                  "the encoders' preset and the data sizes (default: the file's)",
+                  "<runs>/probe/<file>/<row>/<preset>-s<seed>, encoders where train and experiment put them",
+                  "fit nothing; table the finished probes")
     p.set_defaults(func=cmd_probe)
     p = sub.add_parser("figures", help="redraw a run folder's figures from its small files")
     p.add_argument("runs", nargs="+", metavar="RUN")
