@@ -247,6 +247,16 @@ def is_complete(run) -> bool:
     return run_status(run).state == "complete"
 
 
+def reportable(run) -> RunStatus:
+    """run_status for a command that tables many runs: a damaged folder is a one-line warning on stderr, and the
+    caller skips whatever is not `usable`."""
+    status = run_status(run)
+    if status.state == "damaged":
+        import sys
+        print(f"warning: skipped {status.reason}", file=sys.stderr)
+    return status
+
+
 def require_usable(run) -> RunStatus:
     """The status of a run whose numbers are about to be read, or a RunDamaged / FileNotFoundError saying why not."""
     status = run_status(run)

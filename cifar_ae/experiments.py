@@ -17,12 +17,11 @@ import json
 import math
 import shlex
 import statistics
-import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .completeness import require_usable, run_status
+from .completeness import reportable, require_usable
 from .data import CLASS_NAMES, STUDY_REDUCED_CLASSES
 from .trials import PRESETS, TRIALS, Trial, TrialError, check_epochs, check_name, check_seed
 
@@ -367,14 +366,6 @@ def goal_verdict(goals, s) -> str:
     return f"{goal['name']}: " + ("**met**" if not short else ", ".join(short))
 
 
-def _usable(run) -> bool:
-    """A complete run or kept record; a damaged one is skipped with a one-line warning."""
-    status = run_status(run)
-    if status.state == "damaged":
-        print(f"warning: skipped {status.reason}", file=sys.stderr)
-    return status.usable
-
-
 def collect(experiment, runs_root, preset=None) -> list:
     """(row, preset, summary) for every row and preset with complete runs, in the file's row order."""
     found = []
@@ -383,7 +374,7 @@ def collect(experiment, runs_root, preset=None) -> list:
         presets = [preset] if preset else sorted({p.name.rsplit("-s", 1)[0] for p in folder.glob("*-s*")},
                                                  key=list(PRESETS).index)
         for p in presets:
-            runs = sorted((run for run in folder.glob(f"{p}-s*") if run.name[len(p) + 2:].isdigit() and _usable(run)),
+            runs = sorted((run for run in folder.glob(f"{p}-s*") if run.name[len(p) + 2:].isdigit() and reportable(run).usable),
                           key=lambda run: int(run.name[len(p) + 2:]))
             if runs:
                 found.append((row_name, p, summarize([record(run) for run in runs])))

@@ -6,20 +6,18 @@ import sys
 from pathlib import Path
 
 from . import runs as R
-from .completeness import RunDamaged, read_history, read_json, require_usable, run_status
+from .completeness import RunDamaged, read_history, read_json, reportable, require_usable
 from .data import CLASS_NAMES
 from .trials import PRESETS
 
 
-def collect_runs(root, warn=True) -> list[dict]:
+def collect_runs(root) -> list[dict]:
     """metrics.json + config.json of every complete run (or kept record) under `root`, sorted by trial, preset,
     seed. A damaged folder is skipped with a one-line warning (cifar_ae.completeness), and the rest go on."""
     runs = []
     for metrics_path in sorted(Path(root).glob("**/metrics.json")):
-        status = run_status(metrics_path.parent)
+        status = reportable(metrics_path.parent)
         if not status.usable:
-            if warn and status.state == "damaged":
-                print(f"warning: skipped {status.reason}", file=sys.stderr)
             continue
         runs.append({"run": str(status.run), "metrics": status.metrics, "config": status.config})
     return sorted(runs, key=lambda r: (str(r["metrics"]["trial"]), str(r["metrics"]["preset"]), r["metrics"]["seed"]))

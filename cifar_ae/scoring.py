@@ -144,6 +144,16 @@ def trial_from_config(config, path="config.json") -> Trial:
     return Trial(**{k: v for k, v in record.items() if k in names})
 
 
+def load_saved_model(run, state):
+    """The model a trained run saved, if it is still the file whose sha256 state.json recorded (else a one-line
+    RunDamaged naming it), loaded in Keras' safe mode."""
+    path = Path(run) / "model.keras"
+    if not path.is_file() or completeness.sha256_file(path) != state.get("model_sha256"):
+        raise completeness.RunDamaged(f"{path} is missing or differs from the model its run saved (sha256 in "
+                                      f"state.json); retrain it with --force.")
+    return load_model(path)
+
+
 def load_model(path):
     """A run's model.keras in Keras' safe mode; a file Keras cannot rebuild (an unknown class, a damaged zip) is
     a one-line RunDamaged naming it."""

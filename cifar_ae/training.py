@@ -423,10 +423,7 @@ def _train_and_record(trial, preset, seed, settings, run, data, model, callbacks
     data["scaling"] = None if trial.scaling == "unit" else stats
     state = resume.read_state(run) or {}
     if state.get("trained") and (run / "model.keras").is_file():  # killed while scoring: score the saved model
-        if resume.sha256_file(run / "model.keras") != state.get("model_sha256"):
-            raise resume.CheckpointError(f"{run / 'model.keras'} is damaged (sha256 differs from state.json); delete "
-                                         f"{run} to retrain this run.")
-        model = scoring.load_model(run / "model.keras")
+        model = scoring.load_saved_model(run, state)
     else:
         model = _train(trial, settings, run, data, model, callbacks, verbose, seed)
     scoring.record(model, trial, preset, seed, settings, run, data)
@@ -480,14 +477,9 @@ def reevaluate(run_dir) -> dict:
             raise runs.RunConflict(f"{run_dir} has not finished training ({state.get('epochs_done', 0)} of "
                                    f"{config.get('settings', {}).get('epochs', '?')} epochs committed); resume it "
                                    f"with its command: {config.get('command', 'python -m cifar_ae train NAME')}")
-        model_path = run_dir / "model.keras"
-        if not model_path.is_file() or resume.sha256_file(model_path) != state.get("model_sha256"):
-            raise completeness.RunDamaged(f"{model_path} is missing or differs from the model its run saved "
-                                          f"(sha256 in state.json); retrain it with --force.")
-        completeness.check_key(config, run_dir / "config.json", "retrain it with --force.")
+        model = scoring.load_saved_model(run_dir, state)  # run_status has checked the key already
         trial = scoring.trial_from_config(config, run_dir / "config.json")
         data = prepare_data(trial, config["settings"], config["seed"])
         stats = fit_scaling(data["x_train"], trial.scaling)
         data["scaling"] = None if trial.scaling == "unit" else stats
-        model = scoring.load_model(model_path)
         return scoring.record(model, trial, config["preset"], config["seed"], config["settings"], run_dir, data)
