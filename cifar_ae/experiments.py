@@ -308,6 +308,8 @@ def record(run) -> dict:
     val = _history_column(run, "val_label_accuracy") or _history_column(run, "val_accuracy")
     return {"run": str(run), "seed": m.get("seed"), "test_accuracy": m.get("test_accuracy"),
             "val_accuracy": max(val) if val else None,  # the best epoch's: what rows are chosen by, not test
+            # the kept (last) epoch's hold-out reconstruction MSE: what a reconstruction bound is checked on
+            "val_recon_mse": (_history_column(run, "val_reconstruction_mse") or [None])[-1],
             "recall": {c: v["recall"] for c, v in m.get("per_class", {}).items()}, "recon_mse": m.get("recon_mse"),
             "epochs": m.get("epochs"), "train_pflops": m.get("train_pflops"), "params": m.get("params"),
             "train_gflops_per_image": None if config.get("train_flops_per_image") is None
@@ -330,7 +332,7 @@ def summarize(records) -> dict:
         return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
     out = {"seeds": [r["seed"] for r in records], "runs": [r["run"] for r in records],
            "test_accuracy_by_seed": {r["seed"]: r["test_accuracy"] for r in records}}
-    for key in ("test_accuracy", "val_accuracy", "recon_mse", "train_pflops", "images_per_second",
+    for key in ("test_accuracy", "val_accuracy", "recon_mse", "val_recon_mse", "train_pflops", "images_per_second",
                 "val_balanced_accuracy", "val_balanced_accuracy_without_logit_adjustment"):
         out[key], out[f"{key}_sd"] = mean_sd(key)
     for key in ("params", "train_gflops_per_image", "epochs", "precision"):
@@ -403,9 +405,12 @@ def table(experiment, runs_root, preset=None, command=None) -> tuple[str, dict]:
     """The experiment's table (Markdown) and its record (JSON), from run folders only."""
     found = collect(experiment, runs_root, preset)
     goals = experiment.goals
-    lines = ["| row | preset | seeds | epochs | PFLOP | val acc (best epoch) | test acc | recon MSE | pixel bypass | "
+    val_mse = experiment.frontier  # a frontier is chosen on the hold-out: its MSE there, beside test's
+    lines = ["| row | preset | seeds | epochs | PFLOP | val acc (best epoch) | test acc | "
+             + ("val MSE (last epoch) | " if val_mse else "") + "recon MSE | pixel bypass | "
              "bird / deer / truck recall |" + (" goal |" if goals else "") + " why |",
-             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if goals else "") + "---|"]
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if val_mse else "") + ("---|" if goals else "")
+             + "---|"]
     rows = []
     for row_name, preset_name, s in found:
         row = experiment.rows[row_name]
@@ -417,7 +422,8 @@ def table(experiment, runs_root, preset=None, command=None) -> tuple[str, dict]:
         pflops = "" if s["train_pflops"] is None else f"{s['train_pflops']:.3f}"
         lines.append(f"| {row_name} | {preset_name} | {', '.join(map(str, s['seeds']))} | {s['epochs']} | {pflops} | "
                      f"{pct(s['val_accuracy'], s['val_accuracy_sd'])} | {pct(s['test_accuracy'], s['test_accuracy_sd'])} "
-                     f"| {mse} | {BYPASS_LABELS[bypass]} | {reduced_recall(s)} |" + (f" {verdict} |" if goals else "")
+                     + ("" if not val_mse else "| " + ("" if s["val_recon_mse"] is None else f"{s['val_recon_mse']:.5f}") + " ")
+                     + f"| {mse} | {BYPASS_LABELS[bypass]} | {reduced_recall(s)} |" + (f" {verdict} |" if goals else "")
                      + f" {row.why} |")
         rows.append({"row": row_name, "preset": preset_name, "why": row.why, "parent": row.parent,
                      "formerly": row.formerly, "goal": verdict, "pixel_bypass": bypass, **s})
@@ -448,18 +454,23 @@ def write_table(experiment, runs_root, output_dir, preset=None, command=None) ->
 
 
 def curves(experiment, runs_root) -> list:
-    """(label, named, [(pflops, test accuracy) per epoch]) for every row and preset whose runs scored the test set
-    after every epoch (test_every_epoch), seed 0's run (or the first seed's)."""
+    """(label, named, [(pflops, test accuracy)]) for every row and preset, seed 0's run (or the first seed's): a
+    point per epoch where the runs scored the test set after every epoch (test_every_epoch), else the final test
+    accuracy at the run's total compute. A row with a pixel bypass says so in its label."""
     out = []
     for row_name, preset_name, s in collect(experiment, runs_root):
         run = Path(s["runs"][0])
         acc = _history_column(run, "test_accuracy")
         config = json.loads((run / "config.json").read_text())
         per_image = config.get("train_flops_per_image")
+        label = f"{experiment.name}/{row_name} ({preset_name})"
+        if pixel_bypass(experiment.rows[row_name].trial):
+            label += " [pixel bypass]"
         if acc and per_image:
             step = per_image * config["train_images"] / 1e15
-            out.append((f"{experiment.name}/{row_name} ({preset_name})", row_name in experiment.named,
-                        [(step * (i + 1), a) for i, a in enumerate(acc)]))
+            out.append((label, row_name in experiment.named, [(step * (i + 1), a) for i, a in enumerate(acc)]))
+        elif s.get("train_pflops") and s.get("test_accuracy") is not None:
+            out.append((label, row_name in experiment.named, [(s["train_pflops"], s["test_accuracy"])]))
     return out
 
 
@@ -473,16 +484,19 @@ def accuracy_against_compute(experiments, runs_root, reference=None):
     for experiment in experiments:
         for label, named, points in curves(experiment, runs_root):
             x, y = zip(*points)
+            final_only = len(points) == 1  # a row scored on test once, at the end: a larger point
             if named:
-                ax.plot(x, [100 * v for v in y], marker="o", ms=3, lw=1.6, color=f"C{colour % 10}", label=label, zorder=3)
+                ax.plot(x, [100 * v for v in y], marker="D" if final_only else "o", ms=7 if final_only else 3,
+                        lw=1.6, color=f"C{colour % 10}", label=label, zorder=4 if final_only else 3)
                 colour += 1
             else:
-                ax.plot(x, [100 * v for v in y], lw=0.8, color="0.75", zorder=2)
+                ax.plot(x, [100 * v for v in y], marker="D" if final_only else None, ms=4, lw=0.8, color="0.75",
+                        zorder=2)
     ax.plot([], [], lw=0.8, color="0.75", label="other rows")
     if reference:
         ax.scatter([reference[1]], [100 * reference[2]], marker="*", s=160, color="black", label=reference[0], zorder=5)
     ax.set_xlabel("training PFLOPs (cifar_ae.compute)")
-    ax.set_ylabel("test accuracy (%), per epoch")
+    ax.set_ylabel("test accuracy (%): per epoch, or final (diamond)")
     ax.set_ylim(60, 96)  # peak-LR dips far below would squash the curves that matter
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)

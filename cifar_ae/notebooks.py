@@ -189,7 +189,7 @@ def compare(baseline, run):
         print("(no run: skipped)")
         return None
     if baseline is None or Path(baseline).resolve() == Path(run).resolve():
-        what = "no baseline run yet" if baseline is None else "this run is the baseline (the trial as registered)"
+        what = "no baseline run yet" if baseline is None else "this run is the baseline (the trial or recipe row as defined)"
         print(f"{what}: edit the trial or model cell (or set CHANGES / VARIANT) and rerun to train a variant beside it")
         return None
     display(compare_figure(baseline, run))
@@ -238,6 +238,52 @@ def run_trial_if(train, name, preset, seed, out_dir=None, variant=None, **kwargs
         return run
     print(f"[{name}] skipped: no complete run at {run} and training is switched off by a parameter")
     return None
+
+
+def _row(reference):
+    from .experiments import EXPERIMENTS_DIR, load_experiment, select
+    stem, _, row = reference.partition(":")
+    experiment = load_experiment(EXPERIMENTS_DIR / f"{stem}.toml")
+    return experiment, experiment.rows[select(experiment, [row])[0]]
+
+
+def row_run(reference, preset, seed, runs):
+    """The complete run folder of an experiment row ("<file>:<row>") at this preset and seed, else None: the
+    baseline a notebook whose recipe is that row compares an edited trial with."""
+    from .completeness import run_status
+    experiment, row = _row(reference)
+    run = experiment.folder(runs, row.name, preset, seed)
+    return run if run_status(run).usable else None
+
+
+def run_row(trial, reference, preset, seed, runs, variant=None, **kwargs) -> Path:
+    """Train (or reuse) a notebook's trial whose recipe is an experiment row ("<file>:<row>"), at that row's
+    compute (its epochs at this preset). Unedited, it runs in the row's own folder
+    (<runs>/<file>/<row>/<preset>-s<seed>), the one `python -m cifar_ae experiment` fills; edited, or with a
+    `variant`, in a folder of its own beside it (<runs>/<file>.<row>/<preset>-s<seed>-<digest or variant>)."""
+    from .experiments import row_epochs
+    from .runs import trial_changes
+    from .training import run_trial
+    experiment, row = _row(reference)
+    epochs = row_epochs(experiment, row, preset, seed)
+    if variant is None and not trial_changes(row.trial, trial):
+        return run_trial(row.trial, preset, seed, out_dir=runs, epochs=epochs,
+                         folder=experiment.folder(runs, row.name, preset, seed), **kwargs)
+    return run_trial(trial, preset, seed, out_dir=runs, epochs=epochs, variant=variant, **kwargs)
+
+
+def joint_check(trial) -> None:
+    """Build the trial's model and print whether its decoder reads only the code its classifier reads
+    (cifar_ae.bypass): a model with a pixel bypass is a control, not a joint result."""
+    from .bypass import pixel_bypass
+    from .models import BUILDERS
+    if trial.task != "joint":
+        print(f"{trial.name} is not a joint model (task {trial.task!r}): nothing to check")
+        return None
+    bypass = pixel_bypass(BUILDERS[trial.model](**trial.model_args))
+    print(f"{trial.name}: " + ("PIXEL BYPASS: the decoder can read the pixels past the classifier's code, so this "
+                               "model is a control, not a joint result" if bypass else
+                               "joint: the decoder reads only the code the classifier's head reads (no pixel bypass)"))
 
 
 FIGURES = ("class_distribution", "curves", "reconstructions", "confusion_matrix", "tsne")
@@ -388,3 +434,16 @@ def accuracy_against_compute(results, names=("v3", "v4")):
     from .experiments import EXPERIMENTS_DIR, accuracy_against_compute, load_experiment
     experiments = [load_experiment(EXPERIMENTS_DIR / f"{n}.toml") for n in names]
     return accuracy_against_compute(experiments, Path(results) / "runs", reference=AIRBENCH94)
+
+
+def accuracy_against_mse(results, name):
+    """An experiment's accuracy-against-reconstruction-MSE frontier (plots.accuracy_against_mse), drawn from its
+    generated table's JSON (results/<name>.json): validation points filled, test hollow, the controls marked."""
+    from .plots import accuracy_against_mse as frontier
+    from .safejson import load_json
+    path = Path(results) / f"{name}.json"
+    if not path.is_file():
+        print(f"no {path}; make it with: python -m cifar_ae experiment experiments/{name}.toml --table-only")
+        return None
+    record = load_json(path)
+    return frontier(record["rows"], f"{name}: {record.get('file', '')}")

@@ -168,9 +168,9 @@ def class_distribution(y, class_names, title="training images per class") -> Fig
 
 
 def accuracy_against_mse(rows, title=None) -> Figure:
-    """The joint frontier from an experiment table's rows: validation accuracy (filled; what rows are chosen by)
-    and test accuracy (hollow) against reconstruction MSE, a point per row. A row that trains no decoder (the
-    classifier alone: pixel_bypass None) is a dashed line; a pixel-bypass row is a red control point."""
+    """The joint frontier from an experiment table's rows: validation accuracy against validation MSE (filled;
+    what rows are chosen by) and test accuracy against test MSE (hollow), a point per row. A row that trains no
+    decoder (the classifier alone: pixel_bypass None) is a dashed line; a pixel-bypass row is a red control point."""
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
     for r in rows:
@@ -183,13 +183,15 @@ def accuracy_against_mse(rows, title=None) -> Figure:
         if r.get("recon_mse") is None:
             continue
         colour = "tab:red" if r["pixel_bypass"] else "tab:blue"
-        ax.scatter([r["recon_mse"]], [100 * acc], color=colour, zorder=3)
+        mse = r["val_recon_mse"] if r.get("val_recon_mse") is not None and r.get("val_accuracy") is not None \
+            else r["recon_mse"]
+        ax.scatter([mse], [100 * acc], color=colour, zorder=3)
         if r.get("test_accuracy") is not None:
             ax.scatter([r["recon_mse"]], [100 * r["test_accuracy"]], facecolors="none", edgecolors=colour, zorder=3)
-        ax.annotate(r["row"] + (" (pixel bypass)" if r["pixel_bypass"] else ""), (r["recon_mse"], 100 * acc),
+        ax.annotate(r["row"] + (" (pixel bypass)" if r["pixel_bypass"] else ""), (mse, 100 * acc),
                     textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("reconstruction MSE, test (log)")
+    ax.set_xlabel("reconstruction MSE (log): validation filled, test hollow")
     ax.set_ylabel("accuracy (%): validation filled, test hollow")
     ax.set_title(title or "accuracy against reconstruction quality")
     if ax.get_legend_handles_labels()[0]:

@@ -17,7 +17,8 @@ from cifar_ae.trials import TRIALS, get_trial
 
 STUDY_STEMS = ["cifar_classification_v0", "cifar_classification_v1", "cifar_classification_v2_no_augmentation",
                "cifar_classification_v2_with_augmentation_adam", "cifar_classification_v2_with_augmentation_sgd"]
-EDITABLE = STUDY_STEMS + ["beyond_the_study_v3"]  # notebooks with trial and model cells
+REGISTERED = STUDY_STEMS + ["beyond_the_study_v3"]  # trial and model cells that are a registered trial
+EDITABLE = REGISTERED + ["beyond_the_study_v4"]  # notebooks with trial and model cells (v4's: an experiment row)
 STEMS = EDITABLE + ["anomaly_detection"]
 STUDY_NUMBERS = {v for t in TRIALS.values() for v in t.study.values()}
 
@@ -65,7 +66,7 @@ def test_no_result_number_is_typed_into_a_notebook(stem):
                 assert node.value not in STUDY_NUMBERS, f"study number {node.value} typed into {stem}: {cell.source}"
 
 
-@pytest.mark.parametrize("stem", EDITABLE)
+@pytest.mark.parametrize("stem", REGISTERED)
 def test_trial_and_model_cells_as_committed_are_the_registered_trial(stem):
     """Run unedited, the editable cells give the trial as cifar_ae/trials.py defines it: the plain run folder."""
     ns = {"CHANGES": {}, "get_trial": get_trial}
@@ -78,6 +79,31 @@ def test_trial_and_model_cells_as_committed_are_the_registered_trial(stem):
     assert R.is_registered(trial, trial.settings("quick"), "quick", TR.builder_defaults(trial.model)), stem
     source = "\n".join(c.source for c in code_cells(read(stem)))
     assert "variant=VARIANT" in source and f'nb.compare(nb.baseline_run("{trial.name}"' in source
+
+
+def test_the_v4_recipe_cells_as_committed_are_its_experiment_row_and_joint():
+    """v4's trial and model cells write out the recipe row (RECIPE) field by field: run unedited they are that row,
+    so the run lands in the row's own folder; an edit is a change against it; the model has no pixel bypass."""
+    from cifar_ae.bypass import pixel_bypass
+    from cifar_ae.experiments import row_trial
+    from cifar_ae.models import BUILDERS
+    from cifar_ae.trials import AIRBENCH_LOOKAHEAD, AIRBENCH_WEIGHT_DECAY
+    stem = "beyond_the_study_v4"
+    ns = {"CHANGES": {}, "row_trial": row_trial, "AIRBENCH_LOOKAHEAD": AIRBENCH_LOOKAHEAD,
+          "AIRBENCH_WEIGHT_DECAY": AIRBENCH_WEIGHT_DECAY}
+    cells = [c.source for c in code_cells(read(stem)) if c.source.startswith(("# The trial:", "# The model:"))]
+    assert len(cells) == 2
+    for source in cells:
+        exec(source, ns)
+    recipe, trial = row_trial(ns["RECIPE"]), ns["trial"]
+    assert R.trial_changes(recipe, trial) == {}
+    assert set(ns["model_args"]) == set(TR.builder_defaults(trial.model))  # every argument shown
+    assert pixel_bypass(BUILDERS[trial.model](**trial.model_args)) is False
+    edited = {"CHANGES": {"recon_weight": (80.0, 80.0)}, **{k: v for k, v in ns.items() if k != "CHANGES"}}
+    exec(cells[0], edited)
+    assert R.trial_changes(recipe, edited["trial"]) == {"recon_weight": [80.0, 80.0]}
+    source = "\n".join(c.source for c in code_cells(read(stem)))
+    assert "nb.run_row(trial, RECIPE" in source and "variant=VARIANT" in source and "nb.row_run(RECIPE" in source
 
 
 @pytest.mark.parametrize("stem, names", [("cifar_classification_v0", ["v0-dense", "v0-conv1d"]),
@@ -113,9 +139,10 @@ def test_strip_removes_outputs_and_counts(tmp_path):
 
 
 def test_names_and_aliases_resolve():
-    assert [s.stem for s in nbrun.resolve(["v0", "cifar_classification_v1.ipynb", "v2-joint-aug-sgd", "anomaly", "v3"])] \
+    assert [s.stem for s in nbrun.resolve(["v0", "cifar_classification_v1.ipynb", "v2-joint-aug-sgd", "anomaly", "v3",
+                                           "v4"])] \
         == ["cifar_classification_v0", "cifar_classification_v1", "cifar_classification_v2_with_augmentation_sgd",
-            "anomaly_detection", "beyond_the_study_v3"]
+            "anomaly_detection", "beyond_the_study_v3", "beyond_the_study_v4"]
     assert [s.stem for s in nbrun.resolve([])] == list(nbrun.NOTEBOOKS)
 
 
@@ -202,6 +229,9 @@ def test_notebook_runs_top_to_bottom_on_smoke(stem, smoke_runs, cifar_dir, capsy
     assert (folder / f"{stem}.html").stat().st_size > 10_000
     assert "\r" not in text  # progress bars collapsed to their last state
     assert "ok in" in capsys.readouterr().out
+    if stem == "beyond_the_study_v4":  # the recipe's run is the experiment row's own folder, and the model is joint
+        assert (smoke_runs / "v4_honest" / "recon40" / "smoke-s0" / "metrics.json").is_file()
+        assert "joint: the decoder reads only the code" in text
     if stem == "cifar_classification_v1":  # the UpSampling2D variant has its own folder beside the plain run
         variant = json.loads((smoke_runs / "v1-cnn-ae" / "smoke-s0-upsampling" / "config.json").read_text())
         assert (smoke_runs / "v1-cnn-ae" / "smoke-s0" / "metrics.json").is_file()
