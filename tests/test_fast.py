@@ -178,3 +178,32 @@ def test_the_trick_table_shows_the_builders_own_tricks_at_their_resolved_values(
     assert rows["model_args.dirac"][2:] == ["True", "False", "on"] and rows["model_args.bn_momentum"][2] == "0.6"
     assert rows["model_args.head_std"][4] == "off"  # a builder default, not written in the trial
     assert tricks_table(TRIALS["v3-joint-resnet-patch"]).rows[-1][2] == "0.9"  # resnet_joint's own default
+
+
+def test_the_exact_port_has_airbench94s_shapes_and_flops():
+    """airbench94's layers, written as data in tools/airbench_flops.py from its source, against the Keras port at
+    padding-0 whitening without a decoder: the same multiply-adds, so the compute reconciliation compares like with
+    like; the registered port's are larger by its padding and its decoder."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import airbench_flops
+    from cifar_ae import compute
+    exact = V4.rows["airbench94-exact"].trial
+    model = M.BUILDERS[exact.model](**exact.model_args)
+    assert exact.task == "classifier" and not isinstance(model.output, dict)
+    assert model.get_layer("whiten").output.shape[1:3] == (31, 31)
+    assert sum(compute.model_macs(model).values()) == airbench_flops.airbench94()["macs_per_image"]
+    registered = M.BUILDERS["fast_joint"](**TRIALS["v4-airbench94"].model_args)
+    assert sum(compute.model_macs(registered).values()) > 1.2 * airbench_flops.airbench94()["macs_per_image"]
+    with pytest.raises(ValueError, match="whiten_padding"):
+        M.fast_joint(whiten_padding="full")
+
+
+def test_the_exact_port_trains_as_a_classifier_on_smoke(tmp_path, cifar_dir):
+    # smoke has 256 training images: a smaller batch, so drop_last keeps some
+    run = run_trial(V4.rows["airbench94-exact"].trial, "smoke", 0, out_dir=tmp_path, verbose=0, batch_size=128)
+    m = json.loads((run / "metrics.json").read_text())
+    assert 0 <= m["test_accuracy"] <= 1 and "test_accuracy_without_tta" in m and m.get("recon_mse") is None
+    model = keras.saving.load_model(run / "model.keras", safe_mode=True, compile=False)
+    assert not model.get_layer("whiten").trainable and model.output_names == ["label"]
