@@ -64,8 +64,16 @@ def cmd_probe(args):
 def cmd_train(args):
     from .runinfo import parse_assignments
     from .training import run_trial
-    run = run_trial(args.name, args.preset, args.seed, args.out, epochs=args.epochs, force=args.force,
-                    verbose=1 if sys.stdout.isatty() else 2, variant=args.variant, **parse_assignments(args.set))
+    changes, verbose = parse_assignments(args.set), 1 if sys.stdout.isatty() else 2
+    if ":" in args.name:  # an experiment row, <file>:<row>: its own folder, at its compute
+        from .experiments import row_trial, run_row
+        from .training import resolve_trial, runs_root
+        trial = resolve_trial(row_trial(args.name), **changes) if changes else None
+        run = run_row(args.name, args.preset, args.seed, runs_root(args.out),
+                      trial=trial, variant=args.variant, epochs=args.epochs, force=args.force, verbose=verbose)
+    else:
+        run = run_trial(args.name, args.preset, args.seed, args.out, epochs=args.epochs, force=args.force,
+                        verbose=verbose, variant=args.variant, **changes)
     from .completeness import require_usable
     print(against_the_study(require_usable(run).metrics))  # run_trial printed the run's own line
 
@@ -187,8 +195,9 @@ def main(argv=None):
     p = sub.add_parser("list", help="the named trials, with training FLOPs per image (cifar_ae.compute)")
     p.add_argument("--no-flops", action="store_true", help="skip building the models (no TensorFlow import)")
     p.set_defaults(func=cmd_list)
-    p = sub.add_parser("train", help="train one trial into runs/<trial>/<preset>-s<seed>")
-    p.add_argument("name")
+    p = sub.add_parser("train", help="train one trial into runs/<trial>/<preset>-s<seed>, or one experiment row "
+                       "(<file>:<row>, e.g. v4_honest:recon40) into runs/<file>/<row>/<preset>-s<seed>")
+    p.add_argument("name", help="a registered trial (`list`) or an experiment row, <file>:<row>")
     p.add_argument("--preset", default="quick")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="runs root (default: $CIFAR_AE_RUNS or ./runs)")

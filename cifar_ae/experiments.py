@@ -199,11 +199,35 @@ def parent_trial(parent, raw, build, chain, where, loading) -> Trial:
                           + (f"; did you mean {', '.join(close)}?" if close else f"; registered: {', '.join(TRIALS)}."))
 
 
+def find_row(reference) -> tuple[Experiment, Row]:
+    """The experiment and row named "<file>:<row>" (a row of experiments/<file>.toml), e.g. "v4_honest:recon40"."""
+    stem, colon, row = str(reference).partition(":")
+    if not colon or not stem or not row:
+        raise ExperimentError(f"{reference!r} is not an experiment row; name one as <file>:<row>, e.g. "
+                              "v4_honest:recon40 (files: experiments/*.toml).")
+    experiment = load_experiment(EXPERIMENTS_DIR / f"{stem}.toml")
+    return experiment, experiment.rows[select(experiment, [row])[0]]
+
+
 def row_trial(reference) -> Trial:
     """The Trial of a row named "<file>:<row>" (a row of experiments/<file>.toml), e.g. row_trial("v4:narrow")."""
-    stem, _, row = reference.partition(":")
-    experiment = load_experiment(EXPERIMENTS_DIR / f"{stem}.toml")
-    return experiment.rows[select(experiment, [row])[0]].trial
+    return find_row(reference)[1].trial
+
+
+def run_row(reference, preset, seed, runs_root, trial=None, variant=None, epochs=None, **kwargs):
+    """Train (or reuse) an experiment row ("<file>:<row>") at `preset` and `seed`, at the row's compute (its epochs at
+    this preset, unless `epochs`). As defined (`trial` None, or a Trial with no change against the row's) it runs in
+    the row's own folder, <runs>/<file>/<row>/<preset>-s<seed>, the one `experiment` fills; an edited trial or a
+    `variant` runs in a folder of its own, <runs>/<file>.<row>/<preset>-s<seed>-<digest or variant>."""
+    from .runs import trial_changes
+    from .training import run_trial
+    experiment, row = find_row(reference)
+    epochs = epochs if epochs is not None else row_epochs(experiment, row, preset, seed)
+    if variant is None and (trial is None or not trial_changes(row.trial, trial)):
+        return run_trial(row.trial, preset, seed, runs_root, epochs=epochs,
+                         folder=experiment.folder(runs_root, row.name, preset, seed), **kwargs)
+    return run_trial(trial if trial is not None else row.trial, preset, seed, runs_root, epochs=epochs,
+                     variant=variant, **kwargs)
 
 
 def all_experiments() -> dict:

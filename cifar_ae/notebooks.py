@@ -240,36 +240,22 @@ def run_trial_if(train, name, preset, seed, out_dir=None, variant=None, **kwargs
     return None
 
 
-def _row(reference):
-    from .experiments import EXPERIMENTS_DIR, load_experiment, select
-    stem, _, row = reference.partition(":")
-    experiment = load_experiment(EXPERIMENTS_DIR / f"{stem}.toml")
-    return experiment, experiment.rows[select(experiment, [row])[0]]
-
-
 def row_run(reference, preset, seed, runs):
     """The complete run folder of an experiment row ("<file>:<row>") at this preset and seed, else None: the
     baseline a notebook whose recipe is that row compares an edited trial with."""
     from .completeness import run_status
-    experiment, row = _row(reference)
+    from .experiments import find_row
+    experiment, row = find_row(reference)
     run = experiment.folder(runs, row.name, preset, seed)
     return run if run_status(run).usable else None
 
 
 def run_row(trial, reference, preset, seed, runs, variant=None, **kwargs) -> Path:
-    """Train (or reuse) a notebook's trial whose recipe is an experiment row ("<file>:<row>"), at that row's
-    compute (its epochs at this preset). Unedited, it runs in the row's own folder
-    (<runs>/<file>/<row>/<preset>-s<seed>), the one `python -m cifar_ae experiment` fills; edited, or with a
-    `variant`, in a folder of its own beside it (<runs>/<file>.<row>/<preset>-s<seed>-<digest or variant>)."""
-    from .experiments import row_epochs
-    from .runs import trial_changes
-    from .training import run_trial
-    experiment, row = _row(reference)
-    epochs = row_epochs(experiment, row, preset, seed)
-    if variant is None and not trial_changes(row.trial, trial):
-        return run_trial(row.trial, preset, seed, out_dir=runs, epochs=epochs,
-                         folder=experiment.folder(runs, row.name, preset, seed), **kwargs)
-    return run_trial(trial, preset, seed, out_dir=runs, epochs=epochs, variant=variant, **kwargs)
+    """Train (or reuse) a notebook's trial whose recipe is an experiment row ("<file>:<row>"), at the row's compute:
+    unedited, in the row's own folder (<runs>/<file>/<row>/<preset>-s<seed>); edited or with a `variant`, beside
+    it (experiments.run_row)."""
+    from .experiments import run_row as train_row
+    return train_row(reference, preset, seed, runs, trial=trial, variant=variant, **kwargs)
 
 
 def joint_check(trial) -> None:

@@ -213,3 +213,23 @@ def test_figures_redraws_a_run_from_its_small_files(tmp_path, capsys):
     assert sorted(p.name for p in (run / "figures").iterdir()) == ["class_distribution.png", "confusion_matrix.png",
                                                                    "curves.png"]
     assert cli.main(["figures", str(tmp_path)]) == 2 and "no config.json" in capsys.readouterr().err
+
+
+def test_train_takes_an_experiment_row_into_its_own_folder(tmp_path, cifar_dir, capsys):
+    """`train <file>:<row>` runs the row as defined in the folder `experiment` fills (so each reuses the other's run);
+    --set makes a variant beside it; a row that does not exist is one line naming the file's rows."""
+    from cifar_ae import cli
+    root = tmp_path / "runs"
+    assert cli.main(["train", "v4_honest:recon40", "--preset", "smoke", "--out", str(root)]) == 0
+    run = root / "v4_honest" / "recon40" / "smoke-s0"
+    assert json.loads((run / "metrics.json").read_text())["trial"] == "v4_honest.recon40"
+    assert "v4_honest.recon40: test accuracy" in capsys.readouterr().out
+    experiment = X.load_experiment(X.EXPERIMENTS_DIR / "v4_honest.toml")
+    assert X.missing(experiment, ["recon40"], [0], "smoke", root) == []  # the runner sees it as done
+    assert cli.main(["train", "v4_honest:recon40", "--preset", "smoke", "--out", str(root),
+                     "--set", "recon_weight=[80.0, 80.0]", "--variant", "w80"]) == 0
+    assert (root / "v4_honest.recon40" / "smoke-s0-w80" / "metrics.json").is_file()
+    capsys.readouterr()
+    assert cli.main(["train", "v4_honest:recon4", "--out", str(root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no row 'recon4'" in err and "did you mean recon40" in err

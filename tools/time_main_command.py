@@ -16,14 +16,17 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-COMMAND = ["python", "-m", "cifar_ae", "train", "v4-joint-lead"]
+NAME = "v4_honest:recon40"  # the honest joint recipe, an experiment row (experiments/v4_honest.toml)
+COMMAND = ["python", "-m", "cifar_ae", "train", NAME]
+TRIAL = NAME.replace(":", ".")  # the row's trial name, what the command prints its line under
+FOLDER = Path(*NAME.split(":")) / "quick-s0"  # the row's own run folder under the runs root
 
 
 def parse(log: str) -> dict:
     def field(name):
         m = re.search(rf"^\s*{re.escape(name)}: (.*)$", log, re.M)
         return m.group(1).strip() if m else None
-    printed = [line for line in log.splitlines() if line.startswith("v4-joint-lead: ")]
+    printed = [line for line in log.splitlines() if line.startswith(f"{TRIAL}: ")]
     return {"wall_clock": field("Elapsed (wall clock) time (h:mm:ss or m:ss)"),
             "user_seconds": float(field("User time (seconds)")), "system_seconds": float(field("System time (seconds)")),
             "max_rss_kb": int(field("Maximum resident set size (kbytes)")), "exit_status": int(field("Exit status")),
@@ -33,7 +36,7 @@ def parse(log: str) -> dict:
 def record(log: str, run: Path, machine: dict) -> Path:
     sys.path.insert(0, str(REPO))
     from cifar_ae.evaluate import write_json_atomic
-    dest = REPO / "results" / "runs" / "main" / "v4-joint-lead" / run.name
+    dest = REPO / "results" / "runs" / "main" / TRIAL / run.name
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "history.csv", "metrics.json"):
         shutil.copy2(run / name, dest / name)
@@ -62,7 +65,7 @@ def main(argv=None):
                "CIFAR_AE_CACHE": str(Path(tmp) / "cache"), "CIFAR_AE_RUNS": str(Path(tmp) / "runs")}
         done = subprocess.run(["/usr/bin/time", "-v", *COMMAND], cwd=clone, env=env, capture_output=True, text=True)
         log = done.stdout + done.stderr
-        print(record(log, Path(tmp) / "runs" / "v4-joint-lead" / "quick-s0", describe()))
+        print(record(log, Path(tmp) / "runs" / FOLDER, describe()))
 
 
 if __name__ == "__main__":
