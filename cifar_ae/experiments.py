@@ -215,19 +215,27 @@ def row_trial(reference) -> Trial:
 
 
 def run_row(reference, preset, seed, runs_root, trial=None, variant=None, epochs=None, **kwargs):
-    """Train (or reuse) an experiment row ("<file>:<row>") at `preset` and `seed`, at the row's compute (its epochs at
-    this preset, unless `epochs`). As defined (`trial` None, or a Trial with no change against the row's) it runs in
-    the row's own folder, <runs>/<file>/<row>/<preset>-s<seed>, the one `experiment` fills; an edited trial or a
-    `variant` runs in a folder of its own, <runs>/<file>.<row>/<preset>-s<seed>-<digest or variant>."""
+    """Train (or reuse) an experiment row ("<file>:<row>") at `preset` and `seed`, as `experiment` would: the row's
+    compute (its epochs at this preset) and its per-epoch test scoring where the file asks for it. As defined
+    (`trial` None or unchanged against the row's, no `variant`, no other epochs) it runs in the row's own folder,
+    <runs>/<file>/<row>/<preset>-s<seed>, the one `experiment` fills; anything else is a variant in a folder of its
+    own, <runs>/<file>.<row>/<preset>-s<seed>-<digest or variant>, so it never stands in for the row."""
+    experiment, row = find_row(reference)
+    return _run_row(experiment, row, preset, seed, runs_root, trial, variant, epochs, **kwargs)
+
+
+def _run_row(experiment, row, preset, seed, runs_root, trial=None, variant=None, epochs=None, **kwargs):
     from .runs import trial_changes
     from .training import run_trial
-    experiment, row = find_row(reference)
-    epochs = epochs if epochs is not None else row_epochs(experiment, row, preset, seed)
-    if variant is None and (trial is None or not trial_changes(row.trial, trial)):
-        return run_trial(row.trial, preset, seed, runs_root, epochs=epochs,
+    own_epochs = row_epochs(experiment, row, preset, seed)
+    callbacks = [test_every_epoch_callback(row.trial.tta_flip)] if experiment.test_every_epoch else []
+    as_defined = (variant is None and (trial is None or not trial_changes(row.trial, trial))
+                  and (epochs is None or epochs == own_epochs))
+    if as_defined:
+        return run_trial(row.trial, preset, seed, runs_root, epochs=own_epochs, callbacks=callbacks,
                          folder=experiment.folder(runs_root, row.name, preset, seed), **kwargs)
-    return run_trial(trial if trial is not None else row.trial, preset, seed, runs_root, epochs=epochs,
-                     variant=variant, **kwargs)
+    return run_trial(trial if trial is not None else row.trial, preset, seed, runs_root,
+                     epochs=own_epochs if epochs is None else epochs, callbacks=callbacks, variant=variant, **kwargs)
 
 
 def all_experiments() -> dict:
@@ -271,17 +279,12 @@ def commands(experiment, rows, seeds, preset, runs_root) -> list:
 
 def run_experiment(experiment, rows=None, seeds=None, preset=None, runs_root="runs", verbose=2) -> list:
     """Train what is missing, one run at a time (complete runs are reused by key); returns the run folders."""
-    from .training import run_trial
     rows, seeds, preset = select(experiment, rows), seeds or experiment.seeds, preset or experiment.preset
     done = []
     for row_name in rows:
-        row = experiment.rows[row_name]
         for seed in seeds:
-            callbacks = [test_every_epoch_callback(row.trial.tta_flip)] if experiment.test_every_epoch else []
             print(f"[{experiment.name}] {row_name} {preset} seed {seed}", flush=True)
-            done.append(run_trial(row.trial, preset, seed, runs_root, epochs=row_epochs(experiment, row, preset, seed),
-                                  callbacks=callbacks, verbose=verbose,
-                                  folder=experiment.folder(runs_root, row_name, preset, seed)))
+            done.append(_run_row(experiment, experiment.rows[row_name], preset, seed, runs_root, verbose=verbose))
     return done
 
 
@@ -332,7 +335,8 @@ def record(run) -> dict:
     val = _history_column(run, "val_label_accuracy") or _history_column(run, "val_accuracy")
     return {"run": str(run), "seed": m.get("seed"), "test_accuracy": m.get("test_accuracy"),
             "val_accuracy": max(val) if val else None,  # the best epoch's: what rows are chosen by, not test
-            # the kept (last) epoch's hold-out reconstruction MSE: what a reconstruction bound is checked on
+            # the kept (last) epoch's hold-out accuracy and reconstruction MSE: the model a frontier point is
+            "val_accuracy_last": val[-1] if val else None,
             "val_recon_mse": (_history_column(run, "val_reconstruction_mse") or [None])[-1],
             "recall": {c: v["recall"] for c, v in m.get("per_class", {}).items()}, "recon_mse": m.get("recon_mse"),
             "epochs": m.get("epochs"), "train_pflops": m.get("train_pflops"), "params": m.get("params"),
@@ -356,7 +360,7 @@ def summarize(records) -> dict:
         return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
     out = {"seeds": [r["seed"] for r in records], "runs": [r["run"] for r in records],
            "test_accuracy_by_seed": {r["seed"]: r["test_accuracy"] for r in records}}
-    for key in ("test_accuracy", "val_accuracy", "recon_mse", "val_recon_mse", "train_pflops", "images_per_second",
+    for key in ("test_accuracy", "val_accuracy", "val_accuracy_last", "recon_mse", "val_recon_mse", "train_pflops", "images_per_second",
                 "val_balanced_accuracy", "val_balanced_accuracy_without_logit_adjustment"):
         out[key], out[f"{key}_sd"] = mean_sd(key)
     for key in ("params", "train_gflops_per_image", "epochs", "precision"):
@@ -429,11 +433,11 @@ def table(experiment, runs_root, preset=None, command=None) -> tuple[str, dict]:
     """The experiment's table (Markdown) and its record (JSON), from run folders only."""
     found = collect(experiment, runs_root, preset)
     goals = experiment.goals
-    val_mse = experiment.frontier  # a frontier is chosen on the hold-out: its MSE there, beside test's
+    show_val_mse = experiment.frontier  # a frontier is chosen on the hold-out: its MSE there, beside test's
     lines = ["| row | preset | seeds | epochs | PFLOP | val acc (best epoch) | test acc | "
-             + ("val MSE (last epoch) | " if val_mse else "") + "recon MSE | pixel bypass | "
+             + ("val acc (last epoch) | val MSE (last epoch) | " if show_val_mse else "") + "test MSE | pixel bypass | "
              "bird / deer / truck recall |" + (" goal |" if goals else "") + " why |",
-             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if val_mse else "") + ("---|" if goals else "")
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if show_val_mse else "") + ("---|" if goals else "")
              + "---|"]
     rows = []
     for row_name, preset_name, s in found:
@@ -446,7 +450,8 @@ def table(experiment, runs_root, preset=None, command=None) -> tuple[str, dict]:
         pflops = "" if s["train_pflops"] is None else f"{s['train_pflops']:.3f}"
         lines.append(f"| {row_name} | {preset_name} | {', '.join(map(str, s['seeds']))} | {s['epochs']} | {pflops} | "
                      f"{pct(s['val_accuracy'], s['val_accuracy_sd'])} | {pct(s['test_accuracy'], s['test_accuracy_sd'])} "
-                     + ("" if not val_mse else "| " + ("" if s["val_recon_mse"] is None else f"{s['val_recon_mse']:.5f}") + " ")
+                     + ("" if not show_val_mse else f"| {pct(s['val_accuracy_last'])} | "
+                        + ("" if s["val_recon_mse"] is None else f"{s['val_recon_mse']:.5f}") + " ")
                      + f"| {mse} | {BYPASS_LABELS[bypass]} | {reduced_recall(s)} |" + (f" {verdict} |" if goals else "")
                      + f" {row.why} |")
         rows.append({"row": row_name, "preset": preset_name, "why": row.why, "parent": row.parent,
@@ -493,8 +498,10 @@ def curves(experiment, runs_root) -> list:
         if acc and per_image:
             step = per_image * config["train_images"] / 1e15
             out.append((label, row_name in experiment.named, [(step * (i + 1), a) for i, a in enumerate(acc)]))
-        elif s.get("train_pflops") and s.get("test_accuracy") is not None:
-            out.append((label, row_name in experiment.named, [(s["train_pflops"], s["test_accuracy"])]))
+        else:
+            first = record(run)  # the same run as the per-epoch curves: seed 0's (or the first seed's)
+            if first["train_pflops"] and first["test_accuracy"] is not None:
+                out.append((label, row_name in experiment.named, [(first["train_pflops"], first["test_accuracy"])]))
     return out
 
 

@@ -240,7 +240,7 @@ def run_trial_if(train, name, preset, seed, out_dir=None, variant=None, **kwargs
     return None
 
 
-def row_run(reference, preset, seed, runs):
+def row_folder(reference, preset, seed, runs):
     """The complete run folder of an experiment row ("<file>:<row>") at this preset and seed, else None: the
     baseline a notebook whose recipe is that row compares an edited trial with."""
     from .completeness import run_status
@@ -250,7 +250,7 @@ def row_run(reference, preset, seed, runs):
     return run if run_status(run).usable else None
 
 
-def run_row(trial, reference, preset, seed, runs, variant=None, **kwargs) -> Path:
+def train_row(trial, reference, preset, seed, runs, variant=None, **kwargs) -> Path:
     """Train (or reuse) a notebook's trial whose recipe is an experiment row ("<file>:<row>"), at the row's compute:
     unedited, in the row's own folder (<runs>/<file>/<row>/<preset>-s<seed>); edited or with a `variant`, beside
     it (experiments.run_row)."""

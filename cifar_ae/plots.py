@@ -183,8 +183,10 @@ def accuracy_against_mse(rows, title=None) -> Figure:
         if r.get("recon_mse") is None:
             continue
         colour = "tab:red" if r["pixel_bypass"] else "tab:blue"
-        mse = r["val_recon_mse"] if r.get("val_recon_mse") is not None and r.get("val_accuracy") is not None \
-            else r["recon_mse"]
+        if r.get("val_recon_mse") is not None and r.get("val_accuracy_last") is not None:
+            acc, mse = r["val_accuracy_last"], r["val_recon_mse"]  # the kept (last) epoch's model, both numbers
+        else:
+            mse = r["recon_mse"]
         ax.scatter([mse], [100 * acc], color=colour, zorder=3)
         if r.get("test_accuracy") is not None:
             ax.scatter([r["recon_mse"]], [100 * r["test_accuracy"]], facecolors="none", edgecolors=colour, zorder=3)

@@ -229,7 +229,41 @@ def test_train_takes_an_experiment_row_into_its_own_folder(tmp_path, cifar_dir, 
     assert cli.main(["train", "v4_honest:recon40", "--preset", "smoke", "--out", str(root),
                      "--set", "recon_weight=[80.0, 80.0]", "--variant", "w80"]) == 0
     assert (root / "v4_honest.recon40" / "smoke-s0-w80" / "metrics.json").is_file()
+    assert cli.main(["train", "v4_honest:recon40", "--preset", "smoke", "--out", str(root), "--epochs", "2"]) == 0
+    other = [f for f in (root / "v4_honest.recon40").iterdir() if f.name != "smoke-s0-w80"]
+    assert len(other) == 1 and json.loads((other[0] / "metrics.json").read_text())["epochs"] == 2  # not the row's
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 1
     capsys.readouterr()
     assert cli.main(["train", "v4_honest:recon4", "--out", str(root)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no row 'recon4'" in err and "did you mean recon40" in err
+
+
+def test_rows_scored_once_are_a_final_point_and_bypass_rows_say_so():
+    """accuracy_against_compute: a per-epoch curve where the runs scored test every epoch, else one final point at
+    the run's compute; a pixel-bypass row's label says it is one. The frontier table shows the hold-out's numbers."""
+    honest = {label: points for label, _, points in X.curves(EXPERIMENTS["v4_honest"], RESULTS / "runs")}
+    label, points = next((k, v) for k, v in honest.items() if "/recon40 " in k)
+    run = RESULTS / "runs" / "v4_honest" / "recon40" / "full-s0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert points == [(metrics["train_pflops"], metrics["test_accuracy"])] and "[pixel bypass]" not in label
+    v4 = {label: points for label, _, points in X.curves(EXPERIMENTS["v4"], RESULTS / "runs")}
+    lead_label, lead = next((k, v) for k, v in v4.items() if "/lead (" in k)
+    assert "[pixel bypass]" in lead_label and len(lead) > 1
+    text, record = X.table(EXPERIMENTS["v4_honest"], RESULTS / "runs")
+    assert "val MSE (last epoch)" in text
+    row = next(r for r in record["rows"] if r["row"] == "recon40")
+    last = X._history_column(run, "val_reconstruction_mse")[-1]
+    assert row["val_recon_mse"] == last and row["val_accuracy_last"] == X._history_column(run, "val_label_accuracy")[-1]
+
+
+def test_a_row_trained_alone_gets_what_the_runner_gives_it(monkeypatch, tmp_path):
+    """run_row and the experiment runner go through one function: the row's folder, its epochs and, where the file
+    scores test every epoch, that callback (so a row trained by `train FILE:ROW` draws the same curve)."""
+    from cifar_ae import training
+    calls = []
+    monkeypatch.setattr(training, "run_trial", lambda trial, preset, seed, root, **kw: calls.append(kw) or root)
+    X.run_row("v4:lead", "smoke", 0, tmp_path)
+    X.run_experiment(EXPERIMENTS["v4"], rows=["lead"], seeds=[0], preset="smoke", runs_root=tmp_path)
+    assert len(calls) == 2 and calls[0]["folder"] == calls[1]["folder"] == tmp_path / "v4" / "lead" / "smoke-s0"
+    assert all(len(c["callbacks"]) == 1 and c["epochs"] == calls[0]["epochs"] for c in calls)

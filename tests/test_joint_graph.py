@@ -68,3 +68,14 @@ def test_the_frontier_draws_joint_rows_as_points_and_the_classifier_alone_as_a_l
     assert len(points) == 6 and (0.0009, 89.0) in [(round(x, 4), round(y, 1)) for x, y in points]
     assert [line.get_ydata()[0] for line in ax.get_lines()] == [88.0]  # the classifier alone: a line, no MSE point
     assert [t.get_text() for t in ax.texts] == ["recon40", "recon10", "bypass (pixel bypass)"]
+
+
+def test_a_frontier_point_pairs_the_kept_epochs_validation_numbers_and_test_with_test():
+    """Where a row has the hold-out's numbers, its filled point is the kept (last) epoch's validation accuracy at its
+    validation MSE, never the best epoch's accuracy beside another epoch's MSE; its hollow point is test with test."""
+    from cifar_ae.plots import accuracy_against_mse
+    rows = [{"row": "recon40", "val_accuracy": 0.90, "val_accuracy_last": 0.89, "val_recon_mse": 0.002,
+             "test_accuracy": 0.88, "recon_mse": 0.003, "pixel_bypass": False}]
+    ax = accuracy_against_mse(rows).axes[0]
+    points = [tuple(round(v, 4) for v in c.get_offsets()[0]) for c in ax.collections]
+    assert points == [(0.002, 89.0), (0.003, 88.0)]

@@ -103,7 +103,7 @@ def test_the_v4_recipe_cells_as_committed_are_its_experiment_row_and_joint():
     exec(cells[0], edited)
     assert R.trial_changes(recipe, edited["trial"]) == {"recon_weight": [80.0, 80.0]}
     source = "\n".join(c.source for c in code_cells(read(stem)))
-    assert "nb.run_row(trial, RECIPE" in source and "variant=VARIANT" in source and "nb.row_run(RECIPE" in source
+    assert "nb.train_row(trial, RECIPE" in source and "variant=VARIANT" in source and "nb.row_folder(RECIPE" in source
 
 
 @pytest.mark.parametrize("stem, names", [("cifar_classification_v0", ["v0-dense", "v0-conv1d"]),
