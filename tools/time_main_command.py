@@ -45,6 +45,8 @@ def record(log: str, run: Path, machine: dict) -> Path:
               "run_files": str(dest.relative_to(REPO))}
     out = REPO / "results" / "main_command.json"
     write_json_atomic(out, result)
+    from cifar_ae.completeness import write_manifest
+    write_manifest(REPO / "results" / "runs")  # the new record's digests, as keep_runs writes them
     return out
 
 
