@@ -173,12 +173,19 @@ def accuracy_against_mse(rows, title=None) -> Figure:
     decoder (the classifier alone: pixel_bypass None) is a dashed line; a pixel-bypass row is a red control point."""
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
+    shown = []  # every accuracy drawn, for the y range (lines and hollow points included)
     for r in rows:
         acc = r.get("val_accuracy") if r.get("val_accuracy") is not None else r.get("test_accuracy")
         if acc is None:
             continue
-        if r.get("pixel_bypass") is None:
-            ax.axhline(100 * acc, color="0.4", linestyle="--", label=f"{r['row']}: no reconstruction (val)")
+        if r.get("pixel_bypass") is None:  # the kept (last) epoch's validation accuracy, as the points below
+            val = r.get("val_accuracy_last") if r.get("val_accuracy_last") is not None else acc
+            ax.axhline(100 * val, color="0.4", linestyle="--", label=f"{r['row']}: no reconstruction (val)")
+            shown.append(val)
+            if r.get("test_accuracy") is not None:
+                ax.axhline(100 * r["test_accuracy"], color="0.4", linestyle=":",
+                           label=f"{r['row']}: no reconstruction (test)")
+                shown.append(r["test_accuracy"])
             continue
         if r.get("recon_mse") is None:
             continue
@@ -188,14 +195,20 @@ def accuracy_against_mse(rows, title=None) -> Figure:
         else:
             mse = r["recon_mse"]
         ax.scatter([mse], [100 * acc], color=colour, zorder=3)
+        shown.append(acc)
         if r.get("test_accuracy") is not None:
             ax.scatter([r["recon_mse"]], [100 * r["test_accuracy"]], facecolors="none", edgecolors=colour, zorder=3)
+            shown.append(r["test_accuracy"])
         ax.annotate(r["row"] + (" (pixel bypass)" if r["pixel_bypass"] else ""), (mse, 100 * acc),
                     textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if shown:
+        low, high = 100 * min(shown), 100 * max(shown)
+        pad = max(0.25, 0.1 * (high - low))
+        ax.set_ylim(low - pad, high + pad)
     ax.set_xscale("log")
     ax.set_xlabel("reconstruction MSE (log): validation filled, test hollow")
     ax.set_ylabel("accuracy (%): validation filled, test hollow")
     ax.set_title(title or "accuracy against reconstruction quality")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower left", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
     return fig

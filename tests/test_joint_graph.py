@@ -66,7 +66,9 @@ def test_the_frontier_draws_joint_rows_as_points_and_the_classifier_alone_as_a_l
     ax = accuracy_against_mse(rows).axes[0]
     points = [tuple(c.get_offsets()[0]) for c in ax.collections]
     assert len(points) == 6 and (0.0009, 89.0) in [(round(x, 4), round(y, 1)) for x, y in points]
-    assert [line.get_ydata()[0] for line in ax.get_lines()] == [88.0]  # the classifier alone: a line, no MSE point
+    # the classifier alone: lines (validation, test), no MSE point
+    assert [line.get_ydata()[0] for line in ax.get_lines()] == [88.0, 87.0]
+    assert ax.get_ylim()[0] < 84.0 and ax.get_ylim()[1] > 89.0  # every point inside the axes
     assert [t.get_text() for t in ax.texts] == ["recon40", "recon10", "bypass (pixel bypass)"]
 
 
