@@ -494,20 +494,12 @@ def airbench_block(x, filters, name, dirac=True, **bn):
 def fast_joint(widths=(64, 256, 256), whiten_channels=24, patch_channels=48, decoder_width=64, decoder_blocks=1,
                bn_momentum=0.6, bn_scale=False, bias_lr_scale=64.0, logit_scale=1 / 9, dirac=True, head_std=None,
                whiten_padding="same", decoder=True):
-    """v4: airbench94's network (Jordan 2024, arXiv 2404.00498) as a joint model.
-
-    A 2x2 patch-whitening conv (`whiten`, initialised from the training images and frozen: Trial.whitening), GELU,
-    then airbench's blocks at widths 64 @16 and 256 @8: that (8, 8, 256) map and a linear 4x4 patch path (v3's,
-    for the decoder) are the `features` code. The head is airbench's third block @4, a global max-pool and a
-    bias-free Dense (glorot init, near airbench94's PyTorch default; `head_std` sets another sd) scaled by 1/9; the decoder
-    is v3's residual one at `decoder_width` with `decoder_blocks` residual blocks (0: the 1x1 conv and the linear
-    unpatchify only, which the patch path makes enough to reconstruct). BatchNorm: momentum 0.6 (airbench's
-    `batchnorm_momentum`, which it passes to PyTorch as 1 - 0.6, so Keras' 0.6), no learnt scale, biases at `bias_lr_scale` times the learning
-    rate (ScaledBias). Convs start as partial identities (`dirac`, airbench's dirac_ init).
-    `whiten_padding="valid"` is airbench94's own (a 31x31 map after the 2x2 whitening conv, and 15, 7, 3 after the
-    pools: about a fifth fewer FLOPs than "same"'s 32, 16, 8, 4); `decoder=False` builds the classifier alone (a
-    single label output, for task="classifier"), airbench94 as published, with no decoder to pay for.
-    """
+    """v4: airbench94's network (Jordan 2024, arXiv 2404.00498) as a joint model: a frozen 2x2 whitening conv
+    (Trial.whitening; padding "valid" is airbench94's, "same" keeps 32x32), GELU, airbench's blocks at widths[0] and
+    widths[1] (with an optional linear 4x4 patch path of the pixels, a bypass) make the `features` code; the head is
+    airbench's third block, a global max-pool and a bias-free Dense scaled by `logit_scale`; the decoder a 1x1 conv,
+    `decoder_blocks` residual blocks and a linear unpatchify (`decoder=False`: the classifier alone, task "classifier").
+    BatchNorm as airbench's (momentum 0.6 in Keras' convention, no scale, biases at `bias_lr_scale` x the LR)."""
     if not isinstance(decoder_blocks, int) or isinstance(decoder_blocks, bool) or decoder_blocks < 0:
         raise ValueError(f"decoder_blocks must be a whole number >= 0 (0: no residual block); got {decoder_blocks!r}.")
     if whiten_padding not in ("same", "valid"):
