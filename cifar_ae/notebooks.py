@@ -254,22 +254,22 @@ def train_row(trial, reference, preset, seed, runs, variant=None, **kwargs) -> P
     """Train (or reuse) a notebook's trial whose recipe is an experiment row ("<file>:<row>"), at the row's compute:
     unedited, in the row's own folder (<runs>/<file>/<row>/<preset>-s<seed>); edited or with a `variant`, beside
     it (experiments.run_row)."""
-    from .experiments import run_row as train_row
-    return train_row(reference, preset, seed, runs, trial=trial, variant=variant, **kwargs)
+    from . import experiments
+    return experiments.run_row(reference, preset, seed, runs, trial=trial, variant=variant, **kwargs)
 
 
 def joint_check(trial) -> None:
-    """Build the trial's model and print whether its decoder reads only the code its classifier reads
-    (cifar_ae.bypass): a model with a pixel bypass is a control, not a joint result."""
-    from .bypass import pixel_bypass
-    from .models import BUILDERS
-    if trial.task != "joint":
-        print(f"{trial.name} is not a joint model (task {trial.task!r}): nothing to check")
-        return None
-    bypass = pixel_bypass(BUILDERS[trial.model](**trial.model_args))
-    print(f"{trial.name}: " + ("PIXEL BYPASS: the decoder can read the pixels past the classifier's code, so this "
-                               "model is a control, not a joint result" if bypass else
-                               "joint: the decoder reads only the code the classifier's head reads (no pixel bypass)"))
+    """Print whether the trial's decoder reads only the code its classifier reads (experiments.pixel_bypass, as
+    the tables say it): a model with a pixel bypass is a control, not a joint result."""
+    from .experiments import pixel_bypass
+    bypass = pixel_bypass(trial)
+    if bypass is None:
+        print(f"{trial.name}: trains no decoder (task {trial.task!r}, or reconstruction weight 0): nothing to check")
+    elif bypass:
+        print(f"{trial.name}: PIXEL BYPASS: the decoder can read the pixels past the classifier's code, so this "
+              "model is a control, not a joint result")
+    else:
+        print(f"{trial.name}: joint: the decoder reads only the code the classifier's head reads (no pixel bypass)")
 
 
 FIGURES = ("class_distribution", "curves", "reconstructions", "confusion_matrix", "tsne")
