@@ -47,11 +47,10 @@ def cmd_experiment(args):
 
 
 def cmd_probe(args):
-    import dataclasses
-    from .probe import load_probe, run_probe, write_table
+    from .probe import at_preset, load_probe, run_probe, write_table
     probe = load_probe(args.file)
     if args.preset:
-        probe = dataclasses.replace(probe, preset=args.preset)
+        probe = at_preset(probe, args.preset)
     runs_root = Path(args.runs or os.environ.get("CIFAR_AE_RUNS") or "runs")
     if not args.table_only:
         run_probe(probe, args.rows, args.seeds, runs_root)

@@ -18,7 +18,7 @@ import json
 import statistics
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,8 @@ from .trials import PRESETS, Trial, TrialError, check_seed
 PROBES_DIR = Path(__file__).resolve().parent.parent / "experiments" / "probes"
 KINDS = ("pixels", "pca", "random", "encoder")
 FILE_KEYS = {"description": str, "preset": str, "seeds": list, "C": list, "max_iter": int, "rows": dict}
-ROW_KEYS = {"why": str, "features": str, "components": int, "encoder": str, "layer": str}
+ROW_KEYS = {"why": str, "features": str, "components": int, "encoder": str, "layer": str, "preset": str,
+            "seeds": list}
 
 
 # the images every probe row sees: the study's imbalanced subset with a stratified 2,000-image hold-out
@@ -49,6 +50,8 @@ class ProbeRow:
     components: int | None = None  # pca: how many (capped by the data's rank)
     encoder: str | None = None     # random / encoder: a registered trial or "<experiment>:<row>"
     layer: str = "features"        # the layer the encoder's classifier reads
+    preset: str | None = None      # the encoder's run, where it is not the file's preset (e.g. v4's selection runs)
+    seeds: tuple | None = None     # the encoder's seeds, where it has fewer than the file's
 
 
 @dataclass(frozen=True)
@@ -99,13 +102,24 @@ def load_probe(path) -> Probe:
             if not row.get("encoder"):
                 raise ProbeError(f"{where}: a {kind} row needs encoder = a trial name or \"<experiment>:<row>\".")
             encoder_trial(row["encoder"])  # an unknown trial or row fails here, naming the valid ones
+        elif "preset" in row or "seeds" in row:
+            raise ProbeError(f"{where}: preset and seeds name an encoder's runs; a {kind} row has no encoder.")
+        if "preset" in row and row["preset"] not in PRESETS:
+            raise ProbeError(f"{where}: preset must be one of {', '.join(PRESETS)}; got {row['preset']!r}.")
+        row_seeds = tuple(check_seed(s) for s in row["seeds"]) if "seeds" in row else None
         rows[name] = ProbeRow(name, row.get("why", ""), kind, row.get("components"), row.get("encoder"),
-                              row.get("layer", "features"))
+                              row.get("layer", "features"), row.get("preset"), row_seeds)
     if not rows:
         raise ProbeError(f"{path}: no rows; add [rows.NAME] tables.")
     seeds = tuple(check_seed(s) for s in data.get("seeds", [0]))
     return Probe(path.stem, path, data.get("description", ""), data["preset"], seeds, c_grid, rows,
                  data.get("max_iter", 1000))
+
+
+def at_preset(probe, preset) -> Probe:
+    """The probe with every run at one preset (`--preset smoke` in tests): the rows' own encoder presets too."""
+    rows = {name: replace(row, preset=None) for name, row in probe.rows.items()}
+    return replace(probe, preset=preset, rows=rows)
 
 
 def encoder_trial(reference):
@@ -163,10 +177,11 @@ def features(row, data, preset, seed, runs_root) -> tuple[dict, dict]:
     else:
         from .completeness import run_status
         from .scoring import load_model
-        run = encoder_run(row.encoder, preset, seed, runs_root)
+        run = encoder_run(row.encoder, row.preset or preset, seed, runs_root)
         status = run_status(run)
         model = load_model(run / "model.keras")
-        made = {"encoder": row.encoder, "run": str(run), "key_digest": status.config.get("key_digest")}
+        made = {"encoder": row.encoder, "encoder_preset": row.preset or preset, "run": str(run),
+                "key_digest": status.config.get("key_digest")}
     encoder = encoder_of(model, row.layer)
     out = {k: predict(encoder, _encoder_inputs(trial, data, data[k]), 256) for k in splits}
     out = {k: np.asarray(v, np.float32).reshape(len(v), -1) for k, v in out.items()}
@@ -212,7 +227,7 @@ def run_probe(probe, rows=None, seeds=None, runs_root="runs", data_source=None) 
     folders = []
     for name in rows or list(probe.rows):
         row = probe.rows[name]
-        for seed in seeds or probe.seeds:
+        for seed in seeds or row.seeds or probe.seeds:
             folder = probe_folder(runs_root, probe, name, seed)
             folders.append(folder)
             if (folder / "metrics.json").is_file():
@@ -262,7 +277,8 @@ def table(probe, runs_root, command=None) -> tuple[str, dict]:
         val, val_sd = _mean_sd([m["val_accuracy"] for m in metrics])
         recall = {c: _mean_sd([m["recall"][c] for m in metrics])[0] for c in CLASS_NAMES}
         rows.append({"row": name, "why": row.why, "features": found[0][0]["features"]["kind"],
-                     "encoder": row.encoder, "dimensions": metrics[0]["dimensions"],
+                     "encoder": row.encoder, "encoder_preset": found[0][0]["features"].get("encoder_preset"),
+                     "dimensions": metrics[0]["dimensions"],
                      "seeds": [m["seed"] for m in metrics], "C": [m["C"] for m in metrics],
                      "val_accuracy": val, "val_accuracy_sd": val_sd, "test_accuracy": acc, "test_accuracy_sd": acc_sd,
                      "recall": recall, "runs": [str(f) for f in sorted((Path(runs_root) / "probe" / probe.name / name)
@@ -272,12 +288,15 @@ def table(probe, runs_root, command=None) -> tuple[str, dict]:
              + " / ".join(STUDY_REDUCED_CLASSES) + " recall | why |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         halved = " / ".join(f"{100 * r['recall'][c]:.0f}" for c in STUDY_REDUCED_CLASSES)
-        lines.append(f"| {r['row']} | {r['features']}{'' if not r['encoder'] else ' ' + r['encoder']} | "
+        encoder = "" if not r["encoder"] else f" {r['encoder']}" + (
+            f" ({r['encoder_preset']} run)" if r["encoder_preset"] not in (None, probe.preset) else "")
+        lines.append(f"| {r['row']} | {r['features']}{encoder} | "
                      f"{r['dimensions']} | {', '.join(map(str, r['seeds']))} | {', '.join(map(str, r['C']))} | "
                      f"{_pct(r['val_accuracy'], r['val_accuracy_sd'])} | {_pct(r['test_accuracy'], r['test_accuracy_sd'])}"
                      f" | {halved} | {r['why']} |")
     text = (f"# {probe.name}: {probe.description}\n\nGenerated by `{command}` from probe folders "
-            f"({sum(len(r['seeds']) for r in rows)} probes, `{probe.preset}` encoders). A logistic regression on "
+            f"({sum(len(r['seeds']) for r in rows)} probes; encoders from `{probe.preset}` runs unless a row names "
+            "another). A logistic regression on "
             "standardised frozen features, C chosen on the 2,000-image hold-out, the 10,000-image test set scored "
             "once; mean ± sd over seeds.\n\n" + "\n".join(lines) + "\n")
     return text, {"probe": probe.name, "file": f"experiments/probes/{probe.name}.toml", "command": command,

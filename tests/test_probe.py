@@ -45,3 +45,17 @@ def test_every_probe_row_builds_its_features_and_fits_on_smoke(group, cifar_dir,
         assert (tmp_path / "tables" / "linear_probe.md").read_text() == before
     if group == "v1-and-v3":
         assert dims["v1-as-built"] == dims["v1-one-conv"] == 8 * 8 * 64
+
+
+def test_a_row_names_its_encoders_runs_and_a_bad_one_is_a_one_line_error(tmp_path):
+    from cifar_ae.probe import ProbeError, at_preset
+    probe = load_probe(PATH)
+    assert probe.rows["v4-honest"].preset == "full" and probe.rows["v4-honest"].seeds == (0,)
+    assert at_preset(probe, "smoke").rows["v4-honest"].preset is None  # --preset smoke runs every encoder at smoke
+    for row, said in (('features = "encoder"\nencoder = "v0-mlp-ae"\npreset = "fast"', "preset must be one of"),
+                      ('features = "pixels"\npreset = "full"', "a pixels row has no encoder")):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(f'preset = "study"\n[rows.r]\n{row}\n')
+        with pytest.raises(ProbeError, match=said) as caught:
+            load_probe(bad)
+        assert "\n" not in str(caught.value)
