@@ -267,3 +267,18 @@ def test_a_row_trained_alone_gets_what_the_runner_gives_it(monkeypatch, tmp_path
     X.run_experiment(EXPERIMENTS["v4"], rows=["lead"], seeds=[0], preset="smoke", runs_root=tmp_path)
     assert len(calls) == 2 and calls[0]["folder"] == calls[1]["folder"] == tmp_path / "v4" / "lead" / "smoke-s0"
     assert all(len(c["callbacks"]) == 1 and c["epochs"] == calls[0]["epochs"] for c in calls)
+
+
+def test_the_selection_protocol_reads_the_hold_out_only_and_skips_controls():
+    from cifar_ae.experiments import select_row
+
+    def row(name, val_last, val_mse, bypass=False, test=0.5):
+        return {"row": name, "val_accuracy_last": val_last, "val_recon_mse": val_mse, "pixel_bypass": bypass,
+                "test_accuracy": test}
+    rows = [row("bypass", 0.95, 0.001, bypass=True), row("alone", 0.94, None, bypass=None),
+            row("blurry", 0.93, 0.003), row("sharp", 0.90, 0.0015, test=0.99), row("chosen", 0.91, 0.0019, test=0.1)]
+    assert select_row(rows, 0.002)["row"] == "chosen"  # the bypass, the classifier alone and MSE over the bound: out
+    assert select_row(rows, 0.005)["row"] == "blurry"
+    assert select_row(rows, 0.001) is None
+    recorded = json.loads((REPO / "results" / "v4_honest.json").read_text())
+    assert recorded["selected"]["row"] == (select_row(recorded["rows"], 0.002) or {}).get("row")
