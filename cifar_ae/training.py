@@ -144,8 +144,9 @@ def check_buildable(trial: Trial) -> None:
                          f"and a builder that takes an encoder; got upstream={trial.upstream!r}, model={trial.model}.")
     if trial.upstream is not None and get_trial(trial.upstream).task != "autoencoder":
         raise TrialError(f"trial '{trial.name}': upstream '{trial.upstream}' is not an autoencoder trial.")
-    if trial.momentum is not None and trial.optimizer != "sgd":
-        raise TrialError(f"trial '{trial.name}': momentum applies to optimizer='sgd' only; got optimizer={trial.optimizer!r}.")
+    if trial.momentum is not None and trial.optimizer not in ("sgd", "muon"):
+        raise TrialError(f"trial '{trial.name}': momentum applies to optimizer 'sgd' or 'muon' (its SGD part) only; "
+                         f"got optimizer={trial.optimizer!r}.")
     if trial.whitening and "whiten_channels" not in inspect.signature(models.BUILDERS[trial.model]).parameters:
         raise TrialError(f"trial '{trial.name}': whitening=True needs a builder with a `whiten` layer (fast_joint); "
                          f"{trial.model} has none.")
@@ -193,7 +194,7 @@ def label_loss(trial):
 
 def compile_model(model, trial, steps_per_epoch=None):
     optimizer = OPTIMIZERS[trial.optimizer](trial.learning_rate, trial.weight_decay, trial.momentum,
-                                            trial.ema_momentum, steps_per_epoch)
+                                            trial.ema_momentum, steps_per_epoch, trial.muon_learning_rate)
     if trial.weight_decay_skip:  # check_buildable has made sure each prefix names layers
         skip = tuple(trial.weight_decay_skip)
         optimizer.exclude_from_weight_decay(

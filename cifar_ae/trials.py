@@ -146,6 +146,7 @@ FIELDS = {
     "loss_weights": _mapping({"reconstruction", "label"}, _nonneg, none=True),
     "weight_decay": _number(0, 1, none=True),
     "momentum": _number(0, 0.999, none=True),
+    "muon_learning_rate": _number(0, 10, none=True, low_open=True),
     "weight_decay_skip": ("a tuple of layer-name prefixes (non-empty strings)",
                           lambda v: isinstance(v, (tuple, list)) and all(isinstance(p, str) and p for p in v)),
     "ema_momentum": _number(0, 0.99999, none=True),
@@ -221,6 +222,7 @@ class Trial:
     loss_weights: dict | None = None
     weight_decay: float | None = None  # decoupled (AdamW-style) weight decay, any optimizer
     momentum: float | None = None      # SGD's momentum (None: 0.9)
+    muon_learning_rate: float | None = None  # optimizer "muon": the conv filters' Muon step (optim.conv_muon_class)
     weight_decay_skip: tuple = ()      # layers whose names start with one of these take no weight decay
     # tricks beyond the study (cifar_ae/tricks.py); each is off at its default
     lr_schedule: str | None = None     # None: constant LR + ReduceLROnPlateau | "onecycle"
@@ -252,6 +254,10 @@ class Trial:
         if self.weight_decay_skip and not self.weight_decay:
             raise TrialError(f"trial '{self.name}': weight_decay_skip={self.weight_decay_skip!r} needs a weight_decay; "
                              f"got weight_decay={self.weight_decay!r} (set one, or weight_decay_skip=()).")
+        if (self.optimizer == "muon") != (self.muon_learning_rate is not None):
+            raise TrialError(f"trial '{self.name}': optimizer 'muon' and muon_learning_rate go together; got "
+                             f"optimizer={self.optimizer!r}, muon_learning_rate={self.muon_learning_rate!r} (set both, "
+                             "or neither).")
         if self.validation == "none" and self.lr_schedule is None:
             raise TrialError(f"trial '{self.name}': validation='none' needs an lr_schedule (the default, "
                              f"ReduceLROnPlateau, watches a validation metric); got lr_schedule=None (set "

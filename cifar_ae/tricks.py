@@ -27,6 +27,8 @@ TRICKS = (  # (Trial field, what it does, its off value)
      "statistics would otherwise end every epoch", False),
     ("whitening", "a frozen 2x2 patch-whitening first conv, from the training images' patch eigenvectors", False),
     ("momentum", "SGD's Nesterov momentum (airbench: 0.85)", None),
+    ("muon_learning_rate", "optimizer 'muon': each conv filter bank steps along its orthogonalised momentum (Muon, "
+     "as airbench94_muon), norm reset first; the rest take Nesterov SGD at learning_rate", None),
     ("ema_momentum", "an EMA of the weights, written into the model every epoch (lookahead-like)", None),
     ("lookahead", "airbench94's lookahead: every 5 steps the weights and BatchNorm statistics move to a slow copy "
      "pulled toward them by 1 - d, d = lookahead x (step / total)^3; the run ends on the slow copy", None),

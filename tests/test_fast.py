@@ -151,7 +151,7 @@ def test_v4_rows_run_on_smoke(row, tmp_path, cifar_dir):
 
 
 def test_trick_fields_are_checked():
-    with pytest.raises(TrialError, match="momentum applies to optimizer='sgd' only"):
+    with pytest.raises(TrialError, match="momentum applies to optimizer 'sgd' or 'muon'"):
         run_trial("v3-joint-resnet", "smoke", 0, momentum=0.9)
     with pytest.raises(TrialError, match="whitening=True needs a builder with a `whiten` layer"):
         run_trial("v2-joint-noaug", "smoke", 0, whitening=True)

@@ -161,3 +161,26 @@ def test_weight_decay_skip_leaves_the_named_layers_undecayed(tmp_path):
     assert not any(tmp_path.iterdir())  # refused before anything was written
     with pytest.raises(TrialError, match="needs a weight_decay"):
         trial.replace(weight_decay=None)
+
+
+def test_conv_muon_steps_filters_along_orthogonalised_momentum_and_the_rest_by_sgd():
+    from cifar_ae.optim import OPTIMIZERS, conv_muon_class
+    from cifar_ae.trials import Trial, TrialError
+    ConvMuon = conv_muon_class()
+    gradient = np.random.default_rng(0).normal(size=(36, 16)).astype("float32")
+    singular = np.linalg.svd(keras.ops.convert_to_numpy(ConvMuon.orthogonalise(gradient, 5)), compute_uv=False)
+    assert 0.5 < singular.min() and singular.max() < 1.5  # Muon's quintic: every direction at about unit scale
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(16, 3, use_bias=False),
+                              keras.layers.BatchNormalization(momentum=0.5), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(10)])
+    optimizer = OPTIMIZERS["muon"](0.05, muon_learning_rate=0.1)
+    model.compile(optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = np.random.default_rng(1).normal(size=(64, 8, 8, 3)).astype("float32"), np.arange(64) % 10
+    before = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=40, batch_size=64, verbose=0)
+    assert model.evaluate(x, y, verbose=0) < 0.8 * before
+    kernel = keras.ops.convert_to_numpy(model.layers[0].kernel)
+    assert abs(np.linalg.norm(kernel) - 4.0) < 0.5  # reset to sqrt(16 filters) before each step
+    with pytest.raises(TrialError, match="optimizer 'muon' and muon_learning_rate go together"):
+        Trial("t", "", task="classifier", model="dense_classifier", optimizer="muon")
