@@ -282,3 +282,18 @@ def test_the_selection_protocol_reads_the_hold_out_only_and_skips_controls():
     assert select_row(rows, 0.001) is None
     recorded = json.loads((REPO / "results" / "v4_honest.json").read_text())
     assert recorded["selected"]["row"] == (select_row(recorded["rows"], 0.002) or {}).get("row")
+
+
+def test_the_confirmation_confirms_the_hold_outs_choice_on_fresh_seeds_at_each_marks_budget():
+    from cifar_ae.training import trial_flops
+    confirm, selection = EXPERIMENTS["v4_confirm"], EXPERIMENTS["v4_honest"]
+    chosen = json.loads((REPO / "results" / "v4_honest.json").read_text())["selected"]["row"]
+    assert not set(confirm.seeds) & set(selection.seeds) and len(confirm.seeds) >= 5
+    assert sorted(g["pflops"] for g in confirm.goals) == [0.15, 0.36]
+    images = 7 * 5000 + 3 * 2500  # every image of the imbalanced subset: validation "none"
+    for row, goal in zip(confirm.rows.values(), sorted(confirm.goals, key=lambda g: g["pflops"])):
+        assert row.parent == f"v4_honest:{chosen}", "the confirmation must confirm the row v4_honest's table chose"
+        assert row.changes == {"validation": "none"} and row.trial.validation == "none"
+        per_epoch = trial_flops(row.trial) * images / 1e15
+        assert row.epochs * per_epoch <= goal["pflops"] < (row.epochs + 1) * per_epoch, (row.name, per_epoch)
+        assert goal["recon_mse"] == 0.002 and goal["seeds"] == len(confirm.seeds)
