@@ -39,6 +39,9 @@ def headline_rows(results) -> list:
     chosen = [(f"v4 honest joint, chosen on the hold-out: v4_honest/{r['row']} (a selection run; its confirmation "
                "on fresh seeds is open, issue 45)", r, "v4_honest")
               for r in honest["rows"] if r["row"] == (honest.get("selected") or {}).get("row")]
+    if (results / "v4_confirm.json").is_file():  # the headline: the choice confirmed on fresh seeds
+        chosen += [(f"v4 honest joint headline: v4_confirm/{r['row']} (confirmation, fresh seeds; {r['goal']})", r,
+                    "v4_confirm") for r in json.loads((results / "v4_confirm.json").read_text())["rows"]]
     for what, r, experiment in (
             (f"v3 best by validation: v3/{best['row']} ({best['preset']})", best, "v3"),
             ("v4 lead: v4/lead (full), chosen on test (issue 45)", v4, "v4"), *chosen,
