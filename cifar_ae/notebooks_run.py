@@ -62,7 +62,7 @@ NOTEBOOKS = {s.stem: s for s in [
     NotebookSpec("beyond_the_study_v3", "v3", (("v3-joint-resnet-patch", None),),
                  "The residual joint model, its tricks, the ablation and the time-to-accuracy curve"),
     # an experiment row's run lies in <runs>/<file>/<row>/<preset>-s<seed>: its "trial" here is that path's start
-    NotebookSpec("beyond_the_study_v4", "v4", (("v4_honest/recon40", None),),
+    NotebookSpec("beyond_the_study_v4", "v4", (("v4_honest/recon80", None),),
                  "The honest joint model: the recipe, the joint check, its controls, the frontier and the protocol"),
     NotebookSpec("anomaly_detection", "anomaly", (),
                  "Anomaly detection from the autoencoders: one-class, held-out classes, corruptions"),

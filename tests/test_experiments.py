@@ -297,3 +297,12 @@ def test_the_confirmation_confirms_the_hold_outs_choice_on_fresh_seeds_at_each_m
         per_epoch = trial_flops(row.trial) * images / 1e15
         assert row.epochs * per_epoch <= goal["pflops"] < (row.epochs + 1) * per_epoch, (row.name, per_epoch)
         assert goal["recon_mse"] == 0.002 and goal["seeds"] == len(confirm.seeds)
+
+
+def test_the_readme_the_notebook_and_the_main_command_name_the_row_the_hold_out_chose():
+    chosen = "v4_honest:" + json.loads((REPO / "results" / "v4_honest.json").read_text())["selected"]["row"]
+    assert f"python -m cifar_ae train {chosen}\n" in (REPO / "README.md").read_text()
+    assert f'RECIPE = \\"{chosen}\\"' in (REPO / "notebooks" / "beyond_the_study_v4.ipynb").read_text()
+    assert f'NAME = "{chosen}"' in (REPO / "tools" / "time_main_command.py").read_text()
+    assert json.loads((REPO / "results" / "main_command.json").read_text())["command"].endswith(f"train {chosen}"), \
+        "rerun python tools/time_main_command.py: results/main_command.json times another row"

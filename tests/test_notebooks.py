@@ -99,9 +99,9 @@ def test_the_v4_recipe_cells_as_committed_are_its_experiment_row_and_joint():
     assert R.trial_changes(recipe, trial) == {}
     assert set(ns["model_args"]) == set(TR.builder_defaults(trial.model))  # every argument shown
     assert pixel_bypass(BUILDERS[trial.model](**trial.model_args)) is False
-    edited = {"CHANGES": {"recon_weight": (80.0, 80.0)}, **{k: v for k, v in ns.items() if k != "CHANGES"}}
+    edited = {"CHANGES": {"recon_weight": (40.0, 40.0)}, **{k: v for k, v in ns.items() if k != "CHANGES"}}
     exec(cells[0], edited)
-    assert R.trial_changes(recipe, edited["trial"]) == {"recon_weight": [80.0, 80.0]}
+    assert R.trial_changes(recipe, edited["trial"]) == {"recon_weight": [40.0, 40.0]}
     source = "\n".join(c.source for c in code_cells(read(stem)))
     assert "nb.train_row(trial, RECIPE" in source and "variant=VARIANT" in source and "nb.row_folder(RECIPE" in source
 
@@ -230,7 +230,7 @@ def test_notebook_runs_top_to_bottom_on_smoke(stem, smoke_runs, cifar_dir, capsy
     assert "\r" not in text  # progress bars collapsed to their last state
     assert "ok in" in capsys.readouterr().out
     if stem == "beyond_the_study_v4":  # the recipe's run is the experiment row's own folder, and the model is joint
-        assert (smoke_runs / "v4_honest" / "recon40" / "smoke-s0" / "metrics.json").is_file()
+        assert (smoke_runs / "v4_honest" / "recon80" / "smoke-s0" / "metrics.json").is_file()
         assert "joint: the decoder reads only the code" in text
     if stem == "cifar_classification_v1":  # the UpSampling2D variant has its own folder beside the plain run
         variant = json.loads((smoke_runs / "v1-cnn-ae" / "smoke-s0-upsampling" / "config.json").read_text())

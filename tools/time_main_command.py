@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-NAME = "v4_honest:recon40"  # the honest joint recipe, an experiment row (experiments/v4_honest.toml)
+NAME = "v4_honest:recon80"  # the honest joint recipe the hold-out chose, an experiment row (experiments/v4_honest.toml)
 COMMAND = ["python", "-m", "cifar_ae", "train", NAME]
 TRIAL = NAME.replace(":", ".")  # the row's trial name, what the command prints its line under
 FOLDER = Path(*NAME.split(":")) / "quick-s0"  # the row's own run folder under the runs root
