@@ -433,3 +433,20 @@ def accuracy_against_mse(results, name):
         return None
     record = load_json(path)
     return frontier(record["rows"], f"{name}: {record.get('file', '')}")
+
+
+def probe_table(results, rows, probe="linear_probe"):
+    """These rows of the linear probe's generated table (results/<probe>.md, from its probe folders), as Markdown;
+    a row not probed yet is named with the command that fits it."""
+    from IPython.display import Markdown
+    path = Path(results) / f"{probe}.md"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    header = [l for l in lines if l.startswith("| row |") or l.startswith("|---")]
+    found = {l.split("|")[1].strip(): l for l in lines if l.startswith("| ") and not l.startswith("| row |")}
+    missing = [r for r in rows if r not in found]
+    if missing:
+        print(f"not probed yet: {', '.join(missing)}; fit them with: python -m cifar_ae probe "
+              f"experiments/probes/{probe}.toml --rows {' '.join(missing)}")
+    if not any(r in found for r in rows):
+        return None
+    return Markdown("\n".join(header + [found[r] for r in rows if r in found]))

@@ -59,3 +59,12 @@ def test_a_row_names_its_encoders_runs_and_a_bad_one_is_a_one_line_error(tmp_pat
         with pytest.raises(ProbeError, match=said) as caught:
             load_probe(bad)
         assert "\n" not in str(caught.value)
+
+
+def test_a_notebook_shows_its_probe_rows_from_the_generated_table(tmp_path, capsys):
+    from cifar_ae import notebooks as nb
+    (tmp_path / "linear_probe.md").write_text("# t\n\n| row | features |\n|---|---|\n| pixels | pixels |\n| v0 | encoder |\n")
+    shown = nb.probe_table(tmp_path, ["v0", "random-v1"]).data
+    assert "| v0 | encoder |" in shown and "pixels" not in shown and shown.startswith("| row |")
+    assert "not probed yet: random-v1" in capsys.readouterr().out
+    assert nb.probe_table(tmp_path / "nowhere", ["v0"]) is None
