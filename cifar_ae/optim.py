@@ -36,17 +36,32 @@ def _muon(learning_rate, weight_decay=None, momentum=None, ema_momentum=None, em
                              **_extra(weight_decay, ema_momentum, ema_every))
 
 
+def batchnormed_convs(model) -> list:
+    """The Conv2D layers whose every output goes into a BatchNormalization, directly or through a max-pool: the filter
+    banks whose scale BatchNorm undoes, so only their direction counts (airbench94_muon's Muon parameters)."""
+    import keras
+
+    def into_batchnorm(layer):
+        consumers = [node.operation for node in layer._outbound_nodes]
+        return bool(consumers) and all(isinstance(c, keras.layers.BatchNormalization)
+                                       or (isinstance(c, keras.layers.MaxPooling2D) and into_batchnorm(c))
+                                       for c in consumers)
+    return [layer for layer in model.layers if type(layer) is keras.layers.Conv2D and layer.trainable
+            and into_batchnorm(layer)]
+
+
 _CONV_MUON = []
 
 
 def conv_muon_class():
     """ConvMuon, built on first use (Keras is imported only when a factory is called).
 
-    Muon (Jordan et al. 2024) as airbench94_muon uses it: each conv filter bank (a 4-D kernel) steps along the
-    orthogonalised Nesterov momentum of its gradient (3 Newton-Schulz iterations on the kernel read as a
-    (kh*kw*in, out) matrix), its norm first reset to sqrt(out) (BatchNorm follows every conv, so only its direction
-    counts); every other variable (biases, the head, BatchNorm) takes Nesterov SGD. keras.optimizers.Muon (3.15)
-    steps only 2-D variables with Muon and the rest with AdamW, so conv filters would not get Muon there."""
+    Muon (Jordan et al. 2024) as airbench94_muon uses it: each conv filter bank that BatchNorm follows
+    (batchnormed_convs, given by `use_muon_for(model)` before training) steps along the orthogonalised Nesterov
+    momentum of its gradient (3 Newton-Schulz iterations on the kernel read as a (kh*kw*in, out) matrix), its norm
+    first reset to sqrt(out); every other variable (biases, the head, the decoder's output layer) takes Nesterov
+    SGD. Weight decay does nothing to a Muon kernel (the reset undoes it). keras.optimizers.Muon (3.15) steps only
+    2-D variables with Muon and the rest with AdamW, so conv filters would not get Muon there."""
     if _CONV_MUON:
         return _CONV_MUON[0]
     import keras
@@ -58,30 +73,42 @@ def conv_muon_class():
                      name="conv_muon", **kwargs):
             super().__init__(learning_rate=learning_rate, name=name, **kwargs)
             self.muon_lr_ratio, self.momentum, self.muon_momentum = float(muon_lr_ratio), momentum, muon_momentum
-            self.ns_steps = int(ns_steps)
+            self.ns_steps, self.muon_paths = int(ns_steps), frozenset()
+
+        def use_muon_for(self, model):
+            """Muon for the model's batch-normalised conv kernels; an error if it has none."""
+            convs = batchnormed_convs(model)
+            if not convs:
+                raise ValueError(f"optimizer 'muon': model {model.name!r} has no conv layer followed by BatchNorm "
+                                 "for Muon to step; use optimizer 'sgd'.")
+            self.muon_paths = frozenset(layer.kernel.path for layer in convs)
+            return self
 
         def build(self, var_list):
             if self.built:
                 return
             super().build(var_list)
             self.momentums = [self.add_variable_from_reference(v, "momentum") for v in var_list]
+            # by index: under TensorFlow update_step may get the backend's variable, which has no Keras path
+            self.muon_indices = frozenset(i for i, v in enumerate(var_list) if v.path in self.muon_paths)
 
         @staticmethod
         def orthogonalise(matrix, steps):
             a, b, c = 3.4445, -4.7750, 2.0315  # the quintic whose slope at zero is largest (Muon's)
-            wide = matrix.shape[0] > matrix.shape[1]
-            x = ops.transpose(matrix) if wide else matrix
+            tall = matrix.shape[0] > matrix.shape[1]
+            x = ops.transpose(matrix) if tall else matrix
             x = x / (ops.sqrt(ops.sum(ops.square(x))) + 1e-7)  # top singular value <= 1
             for _ in range(steps):
                 gram = x @ ops.transpose(x)
                 x = a * x + (b * gram + c * gram @ gram) @ x
-            return ops.transpose(x) if wide else x
+            return ops.transpose(x) if tall else x
 
         def update_step(self, gradient, variable, learning_rate):
-            buffer = self.momentums[self._get_variable_index(variable)]
+            index = self._get_variable_index(variable)
+            buffer = self.momentums[index]
             gradient = ops.cast(gradient, variable.dtype)
             learning_rate = ops.cast(learning_rate, variable.dtype)
-            if len(variable.shape) == 4:  # a conv filter bank: Muon
+            if index in self.muon_indices:  # a batch-normalised conv filter bank: Muon
                 self.assign(buffer, buffer * self.muon_momentum + gradient)
                 step = gradient + self.muon_momentum * buffer  # Nesterov
                 out = variable.shape[-1]

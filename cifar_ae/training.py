@@ -146,7 +146,7 @@ def check_buildable(trial: Trial) -> None:
         raise TrialError(f"trial '{trial.name}': upstream '{trial.upstream}' is not an autoencoder trial.")
     if trial.momentum is not None and trial.optimizer not in ("sgd", "muon"):
         raise TrialError(f"trial '{trial.name}': momentum applies to optimizer 'sgd' or 'muon' (its SGD part) only; "
-                         f"got optimizer={trial.optimizer!r}.")
+                         f"got optimizer={trial.optimizer!r} (remove momentum, or change the optimizer).")
     if trial.whitening and "whiten_channels" not in inspect.signature(models.BUILDERS[trial.model]).parameters:
         raise TrialError(f"trial '{trial.name}': whitening=True needs a builder with a `whiten` layer (fast_joint); "
                          f"{trial.model} has none.")
@@ -156,6 +156,11 @@ def check_buildable(trial: Trial) -> None:
         if unmatched:
             raise TrialError(f"trial '{trial.name}': weight_decay_skip prefixes {unmatched} match no layer of "
                              f"{trial.model}; its layers: {', '.join(names)}.")
+    if trial.optimizer == "muon" and trial.upstream is None:
+        from .optim import batchnormed_convs
+        if not batchnormed_convs(models.BUILDERS[trial.model](**trial.model_args)):
+            raise TrialError(f"trial '{trial.name}': optimizer 'muon' steps conv layers followed by BatchNorm and "
+                             f"{trial.model} has none; use optimizer 'sgd' or 'adam'.")
     backend.check_strategy(trial.strategy)
 
 
@@ -195,6 +200,8 @@ def label_loss(trial):
 def compile_model(model, trial, steps_per_epoch=None):
     optimizer = OPTIMIZERS[trial.optimizer](trial.learning_rate, trial.weight_decay, trial.momentum,
                                             trial.ema_momentum, steps_per_epoch, trial.muon_learning_rate)
+    if trial.optimizer == "muon":  # Muon steps the conv kernels BatchNorm follows; it must know which they are
+        optimizer.use_muon_for(model)
     if trial.weight_decay_skip:  # check_buildable has made sure each prefix names layers
         skip = tuple(trial.weight_decay_skip)
         optimizer.exclude_from_weight_decay(

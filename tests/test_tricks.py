@@ -163,24 +163,43 @@ def test_weight_decay_skip_leaves_the_named_layers_undecayed(tmp_path):
         trial.replace(weight_decay=None)
 
 
-def test_conv_muon_steps_filters_along_orthogonalised_momentum_and_the_rest_by_sgd():
-    from cifar_ae.optim import OPTIMIZERS, conv_muon_class
+def test_conv_muon_steps_batchnormed_filters_by_muon_and_the_rest_exactly_as_sgd():
+    from cifar_ae.optim import OPTIMIZERS, batchnormed_convs, conv_muon_class
     from cifar_ae.trials import Trial, TrialError
     ConvMuon = conv_muon_class()
     gradient = np.random.default_rng(0).normal(size=(36, 16)).astype("float32")
-    singular = np.linalg.svd(keras.ops.convert_to_numpy(ConvMuon.orthogonalise(gradient, 5)), compute_uv=False)
-    assert 0.5 < singular.min() and singular.max() < 1.5  # Muon's quintic: every direction at about unit scale
+    singular = np.linalg.svd(keras.ops.convert_to_numpy(ConvMuon.orthogonalise(gradient, 3)), compute_uv=False)
+    assert 0.5 < singular.min() and singular.max() < 1.5  # Muon's quintic, 3 steps: every direction near unit scale
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(16, 3, use_bias=False),
-                              keras.layers.BatchNormalization(momentum=0.5), keras.layers.GlobalAveragePooling2D(),
-                              keras.layers.Dense(10)])
-    optimizer = OPTIMIZERS["muon"](0.05, muon_learning_rate=0.1)
-    model.compile(optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    x, y = np.random.default_rng(1).normal(size=(64, 8, 8, 3)).astype("float32"), np.arange(64) % 10
-    before = model.evaluate(x, y, verbose=0)
-    model.fit(x, y, epochs=40, batch_size=64, verbose=0)
-    assert model.evaluate(x, y, verbose=0) < 0.8 * before
-    kernel = keras.ops.convert_to_numpy(model.layers[0].kernel)
-    assert abs(np.linalg.norm(kernel) - 4.0) < 0.5  # reset to sqrt(16 filters) before each step
+    image = keras.Input((8, 8, 3))
+    code = keras.layers.BatchNormalization(momentum=0.5)(keras.layers.Conv2D(16, 3, use_bias=False, name="conv")(image))
+    rebuilt = keras.layers.Conv2DTranspose(3, 3, name="unconv")(keras.layers.Conv2D(4, 3, name="plain")(code))
+    label = keras.layers.Dense(10, name="head")(keras.layers.GlobalAveragePooling2D()(code))
+    model = keras.Model(image, {"label": label, "image": rebuilt})
+    assert [layer.name for layer in batchnormed_convs(model)] == ["conv"]  # no BatchNorm after: not Muon's
+    optimizer = OPTIMIZERS["muon"](0.05, muon_learning_rate=0.1).use_muon_for(model)
+    assert ConvMuon.from_config(optimizer.get_config()).muon_lr_ratio == optimizer.muon_lr_ratio == 2.0
+    sgd = keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True)
+    others = [v for v in model.trainable_variables if v.path not in optimizer.muon_paths]
+    twins = [keras.Variable(keras.ops.convert_to_numpy(v)) for v in others]
+    rng = np.random.default_rng(1)
+    for _ in range(3):  # every variable but the Muon kernel moves exactly as Nesterov SGD moves it
+        grads = [rng.normal(size=v.shape).astype("float32") for v in model.trainable_variables]
+        optimizer.apply(grads, model.trainable_variables)
+        sgd.apply([g for g, v in zip(grads, model.trainable_variables) if v.path not in optimizer.muon_paths], twins)
+    for v, twin in zip(others, twins):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(v), keras.ops.convert_to_numpy(twin), atol=1e-6)
+    kernel = keras.ops.convert_to_numpy(model.get_layer("conv").kernel)
+    assert abs(np.linalg.norm(kernel) - 4.0) < 0.5  # reset to sqrt(16 filters) before each Muon step
+    x, y = rng.normal(size=(64, 8, 8, 3)).astype("float32"), np.arange(64) % 10
+    classifier = keras.Model(image, label)
+    classifier.compile(OPTIMIZERS["muon"](0.05, muon_learning_rate=0.1).use_muon_for(classifier),
+                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = classifier.evaluate(x, y, verbose=0)
+    classifier.fit(x, y, epochs=40, batch_size=64, verbose=0)
+    assert classifier.evaluate(x, y, verbose=0) < 0.8 * before
+    with pytest.raises(ValueError, match="no conv layer followed by BatchNorm"):
+        OPTIMIZERS["muon"](0.05, muon_learning_rate=0.1).use_muon_for(keras.Sequential([keras.Input((4,)),
+                                                                                     keras.layers.Dense(2)]))
     with pytest.raises(TrialError, match="optimizer 'muon' and muon_learning_rate go together"):
         Trial("t", "", task="classifier", model="dense_classifier", optimizer="muon")
