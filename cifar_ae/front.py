@@ -36,12 +36,15 @@ def headline_rows(results) -> list:
     best = max(v3, key=lambda r: r["val_accuracy"] or 0)  # chosen on validation, not test
     v4, port = _row(results, "v4", "lead", "full"), _row(results, "v4", "airbench94", "full")
     honest = json.loads((results / "v4_honest.json").read_text())
-    chosen = [(f"v4 honest joint, chosen on the hold-out: v4_honest/{r['row']} (a selection run; its confirmation "
-               "on fresh seeds is open, issue 45)", r, "v4_honest")
-              for r in honest["rows"] if r["row"] == (honest.get("selected") or {}).get("row")]
-    if (results / "v4_confirm.json").is_file():  # the headline: the choice confirmed on fresh seeds
+    selected, confirmed = honest.get("selected") or {}, results / "v4_confirm.json"
+    status = (f"provisional: {len(selected.get('not_run', []))} candidates not run" if selected.get("provisional")
+              else "final") + ("" if confirmed.is_file() else "; its confirmation on fresh seeds is open")
+    chosen = [(f"v4 honest joint, chosen on the hold-out ({status}): v4_honest/{r['row']}, a selection run", r,
+               "v4_honest") for r in honest["rows"]
+              if r["row"] == selected.get("row") and r["preset"] == selected.get("preset")]
+    if confirmed.is_file():  # the headline: the choice confirmed on fresh seeds
         chosen += [(f"v4 honest joint headline: v4_confirm/{r['row']} (confirmation, fresh seeds; {r['goal']})", r,
-                    "v4_confirm") for r in json.loads((results / "v4_confirm.json").read_text())["rows"]]
+                    "v4_confirm") for r in json.loads(confirmed.read_text())["rows"]]
     for what, r, experiment in (
             (f"v3 best by validation: v3/{best['row']} ({best['preset']})", best, "v3"),
             ("v4 lead: v4/lead (full), chosen on test (issue 45)", v4, "v4"), *chosen,

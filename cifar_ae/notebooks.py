@@ -440,7 +440,10 @@ def probe_table(results, rows, probe="linear_probe"):
     a row not probed yet is named with the command that fits it."""
     from IPython.display import Markdown
     path = Path(results) / f"{probe}.md"
-    lines = path.read_text().splitlines() if path.is_file() else []
+    if not path.is_file():
+        print(f"no {path} yet; make it with: python -m cifar_ae probe experiments/probes/{probe}.toml")
+        return None
+    lines = path.read_text().splitlines()
     header = [l for l in lines if l.startswith("| row |") or l.startswith("|---")]
     found = {l.split("|")[1].strip(): l for l in lines if l.startswith("| ") and not l.startswith("| row |")}
     missing = [r for r in rows if r not in found]

@@ -103,9 +103,15 @@ def load_probe(path) -> Probe:
                 raise ProbeError(f"{where}: a {kind} row needs encoder = a trial name or \"<experiment>:<row>\".")
             encoder_trial(row["encoder"])  # an unknown trial or row fails here, naming the valid ones
         elif "preset" in row or "seeds" in row:
-            raise ProbeError(f"{where}: preset and seeds name an encoder's runs; a {kind} row has no encoder.")
+            raise ProbeError(f"{where}: preset and seeds name an encoder's runs and a {kind} row has no encoder; "
+                             "remove them.")
+        if "preset" in row and kind != "encoder":
+            raise ProbeError(f"{where}: a random row builds its encoder untrained, so it has no run to take a preset "
+                             "from; remove preset.")
         if "preset" in row and row["preset"] not in PRESETS:
             raise ProbeError(f"{where}: preset must be one of {', '.join(PRESETS)}; got {row['preset']!r}.")
+        if "seeds" in row and not row["seeds"]:
+            raise ProbeError(f"{where}: seeds is empty; list the encoder's seeds, or remove seeds for the file's.")
         row_seeds = tuple(check_seed(s) for s in row["seeds"]) if "seeds" in row else None
         rows[name] = ProbeRow(name, row.get("why", ""), kind, row.get("components"), row.get("encoder"),
                               row.get("layer", "features"), row.get("preset"), row_seeds)
@@ -231,7 +237,9 @@ def run_probe(probe, rows=None, seeds=None, runs_root="runs", data_source=None) 
             folder = probe_folder(runs_root, probe, name, seed)
             folders.append(folder)
             if (folder / "metrics.json").is_file():
-                continue
+                if _made_by(folder, row, probe.preset):
+                    continue
+                (folder / "metrics.json").unlink()  # the row now names another encoder or run: fit it again
             # every row on the same images: the study's subset, its hold-out (chooses C) and the test set (scored once)
             data = prepare_data(DATA_TRIAL, DATA_TRIAL.settings(probe.preset), seed, data_source)
             t0 = time.perf_counter()
@@ -248,6 +256,17 @@ def run_probe(probe, rows=None, seeds=None, runs_root="runs", data_source=None) 
             print(f"[probe {name}] seed {seed}: test accuracy {100 * result['test_accuracy']:.2f}% "
                   f"(C={result['C']}, {made['dimensions']} features) -> {folder}", flush=True)
     return folders
+
+
+def _made_by(folder, row, preset) -> bool:
+    """Whether a fitted probe folder is this row's: the same kind of features, encoder and encoder preset."""
+    try:
+        made = json.loads((folder / "config.json").read_text())["features"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return (made.get("kind") == row.features and made.get("encoder") == row.encoder
+            and (row.features != "pca" or made.get("components_asked") == row.components)
+            and (row.features != "encoder" or made.get("encoder_preset") == (row.preset or preset)))
 
 
 def _mean_sd(values):
@@ -267,7 +286,7 @@ def table(probe, runs_root, command=None) -> tuple[str, dict]:
     for name, row in probe.rows.items():
         found = []
         for folder in sorted((Path(runs_root) / "probe" / probe.name / name).glob(f"{probe.preset}-s*")):
-            if (folder / "metrics.json").is_file():
+            if (folder / "metrics.json").is_file() and _made_by(folder, row, probe.preset):  # not a stale fit
                 found.append((json.loads((folder / "config.json").read_text()),
                               json.loads((folder / "metrics.json").read_text())))
         if not found:

@@ -291,12 +291,13 @@ def test_the_confirmation_confirms_the_hold_outs_choice_on_fresh_seeds_at_each_m
     assert not set(confirm.seeds) & set(selection.seeds) and len(confirm.seeds) >= 5
     assert sorted(g["pflops"] for g in confirm.goals) == [0.15, 0.36]
     images = 7 * 5000 + 3 * 2500  # every image of the imbalanced subset: validation "none"
+    assert len(confirm.rows) == len(confirm.goals)
     for row, goal in zip(confirm.rows.values(), sorted(confirm.goals, key=lambda g: g["pflops"])):
         assert row.parent == f"v4_honest:{chosen}", "the confirmation must confirm the row v4_honest's table chose"
         assert row.changes == {"validation": "none"} and row.trial.validation == "none"
         per_epoch = trial_flops(row.trial) * images / 1e15
         assert row.epochs * per_epoch <= goal["pflops"] < (row.epochs + 1) * per_epoch, (row.name, per_epoch)
-        assert goal["recon_mse"] == 0.002 and goal["seeds"] == len(confirm.seeds)
+        assert goal["recon_mse"] == selection.select_max_val_mse and goal["seeds"] == len(confirm.seeds)
 
 
 def test_the_readme_the_notebook_and_the_main_command_name_the_row_the_hold_out_chose():
@@ -304,5 +305,6 @@ def test_the_readme_the_notebook_and_the_main_command_name_the_row_the_hold_out_
     assert f"python -m cifar_ae train {chosen}\n" in (REPO / "README.md").read_text()
     assert f'RECIPE = \\"{chosen}\\"' in (REPO / "notebooks" / "beyond_the_study_v4.ipynb").read_text()
     assert f'NAME = "{chosen}"' in (REPO / "tools" / "time_main_command.py").read_text()
+    assert f'encoder = "{chosen}"' in (REPO / "experiments" / "probes" / "linear_probe.toml").read_text()
     assert json.loads((REPO / "results" / "main_command.json").read_text())["command"].endswith(f"train {chosen}"), \
         "rerun python tools/time_main_command.py: results/main_command.json times another row"

@@ -68,3 +68,18 @@ def test_a_notebook_shows_its_probe_rows_from_the_generated_table(tmp_path, caps
     assert "| v0 | encoder |" in shown and "pixels" not in shown and shown.startswith("| row |")
     assert "not probed yet: random-v1" in capsys.readouterr().out
     assert nb.probe_table(tmp_path / "nowhere", ["v0"]) is None
+    assert "no " in capsys.readouterr().out
+
+
+def test_a_fitted_probe_is_reused_only_for_the_row_that_made_it(tmp_path):
+    from cifar_ae.probe import ProbeRow, _made_by
+    folder = tmp_path / "p"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"features": {"kind": "encoder", "encoder": "v4_honest:recon80",
+                                                                 "encoder_preset": "full"}}))
+    row = ProbeRow("v4-honest", "", "encoder", encoder="v4_honest:recon80", preset="full")
+    assert _made_by(folder, row, "study")
+    assert not _made_by(folder, ProbeRow("v4-honest", "", "encoder", encoder="v4_honest:recon40", preset="full"), "study")
+    assert not _made_by(folder, ProbeRow("v4-honest", "", "encoder", encoder="v4_honest:recon80"), "study")
+    (folder / "config.json").write_text("{not json")
+    assert not _made_by(folder, row, "study")
