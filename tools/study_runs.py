@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from keep_runs import commit, keep  # noqa: E402  (a dev script beside this one)
 
 # the issue's order: the headline trial twice, the other joint models, then v1 and v0 (their autoencoders first)
+# (issue 44: two seeds on every row; the v0 and v1 rows' second seeds wait for their as-built nets)
 PLAN = [("v2-joint-aug-adam", 0), ("v2-joint-aug-adam", 1), ("v2-joint-noaug", 0), ("v2-joint-aug-sgd", 0),
-        ("v1-feature-classifier", 0), ("v0-dense", 0), ("v0-conv1d", 0)]
+        ("v1-feature-classifier", 0), ("v0-dense", 0), ("v0-conv1d", 0), ("v2-joint-noaug", 1), ("v2-joint-aug-sgd", 1)]
 
 # The study's side experiments: (row, base trial, Trial changes, what the study saw). Each runs `SIDE_EPOCHS` epochs
 # of `quick` (the length that shows the effect), seed 0, into <runs>/side/<trial>/quick-s0-<row> (the classifier
