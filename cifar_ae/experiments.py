@@ -505,7 +505,8 @@ def write_table(experiment, runs_root, output_dir, preset=None, command=None) ->
     write_json_atomic(output.with_suffix(".json"), result)
     if experiment.frontier and result["rows"]:
         from .plots import accuracy_against_mse, save
-        save(accuracy_against_mse(result["rows"], f"{experiment.name}: {experiment.description}"),
+        save(accuracy_against_mse(result["rows"], f"{experiment.name}: {experiment.description}",
+                                  experiment.select_max_val_mse),
              output.with_name(f"{experiment.name}_frontier.png"))
     return output
 

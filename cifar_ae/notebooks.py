@@ -432,7 +432,7 @@ def accuracy_against_mse(results, name):
         print(f"no {path}; make it with: python -m cifar_ae experiment experiments/{name}.toml --table-only")
         return None
     record = load_json(path)
-    return frontier(record["rows"], f"{name}: {record.get('file', '')}")
+    return frontier(record["rows"], f"{name}: {record.get('file', '')}", (record.get("selected") or {}).get("max_val_mse"))
 
 
 def probe_table(results, rows, probe="linear_probe"):

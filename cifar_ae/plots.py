@@ -167,10 +167,11 @@ def class_distribution(y, class_names, title="training images per class") -> Fig
 
 
 
-def accuracy_against_mse(rows, title=None) -> Figure:
+def accuracy_against_mse(rows, title=None, mse_bound=None) -> Figure:
     """The joint frontier from an experiment table's rows: validation accuracy against validation MSE (filled;
     what rows are chosen by) and test accuracy against test MSE (hollow), a point per row. A row that trains no
-    decoder (the classifier alone: pixel_bypass None) is a dashed line; a pixel-bypass row is a red control point."""
+    decoder (the classifier alone: pixel_bypass None) is a dashed line; a pixel-bypass row is a red control point.
+    mse_bound: the selection's MSE bound (a vertical line): rows to its right cannot be chosen."""
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
     shown = []  # every accuracy drawn, for the y range (lines and hollow points included)
@@ -205,6 +206,8 @@ def accuracy_against_mse(rows, title=None) -> Figure:
         low, high = 100 * min(shown), 100 * max(shown)
         pad = max(0.25, 0.1 * (high - low))
         ax.set_ylim(low - pad, high + pad)
+    if mse_bound is not None:
+        ax.axvline(mse_bound, color="tab:green", linestyle="-.", label=f"the marks' MSE bound ({mse_bound})")
     ax.set_xscale("log")
     ax.set_xlabel("reconstruction MSE (log): validation filled, test hollow")
     ax.set_ylabel("accuracy (%): validation filled, test hollow")
