@@ -31,7 +31,7 @@ PROBES_DIR = Path(__file__).resolve().parent.parent / "experiments" / "probes"
 KINDS = ("pixels", "pca", "random", "encoder")
 FILE_KEYS = {"description": str, "preset": str, "seeds": list, "C": list, "max_iter": int, "rows": dict}
 ROW_KEYS = {"why": str, "features": str, "components": int, "encoder": str, "layer": str, "preset": str,
-            "seeds": list}
+            "seeds": list, "epochs": int}
 
 
 # the images every probe row sees: the study's imbalanced subset with a stratified 2,000-image hold-out
@@ -52,6 +52,7 @@ class ProbeRow:
     layer: str = "features"        # the layer the encoder's classifier reads
     preset: str | None = None      # the encoder's run, where it is not the file's preset (e.g. v4's selection runs)
     seeds: tuple | None = None     # the encoder's seeds, where it has fewer than the file's
+    epochs: int | None = None      # a registered encoder's run capped at these epochs (as tools/study_runs.py --cap)
 
 
 @dataclass(frozen=True)
@@ -110,11 +111,14 @@ def load_probe(path) -> Probe:
                              "from; remove preset.")
         if "preset" in row and row["preset"] not in PRESETS:
             raise ProbeError(f"{where}: preset must be one of {', '.join(PRESETS)}; got {row['preset']!r}.")
+        if "epochs" in row and (kind != "encoder" or ":" in row["encoder"] or row["epochs"] < 1):
+            raise ProbeError(f"{where}: epochs caps a registered trial's encoder run (>= 1); an experiment row has its "
+                             f"own epochs; got epochs={row['epochs']!r} for {row.get('encoder')!r}.")
         if "seeds" in row and not row["seeds"]:
             raise ProbeError(f"{where}: seeds is empty; list the encoder's seeds, or remove seeds for the file's.")
         row_seeds = tuple(check_seed(s) for s in row["seeds"]) if "seeds" in row else None
         rows[name] = ProbeRow(name, row.get("why", ""), kind, row.get("components"), row.get("encoder"),
-                              row.get("layer", "features"), row.get("preset"), row_seeds)
+                              row.get("layer", "features"), row.get("preset"), row_seeds, row.get("epochs"))
     if not rows:
         raise ProbeError(f"{path}: no rows; add [rows.NAME] tables.")
     seeds = tuple(check_seed(s) for s in data.get("seeds", [0]))
@@ -124,7 +128,7 @@ def load_probe(path) -> Probe:
 
 def at_preset(probe, preset) -> Probe:
     """The probe with every run at one preset (`--preset smoke` in tests): the rows' own encoder presets too."""
-    rows = {name: replace(row, preset=None) for name, row in probe.rows.items()}
+    rows = {name: replace(row, preset=None, epochs=None) for name, row in probe.rows.items()}
     return replace(probe, preset=preset, rows=rows)
 
 
@@ -137,14 +141,17 @@ def encoder_trial(reference):
     return get_trial(reference)
 
 
-def encoder_run(reference, preset, seed, runs_root) -> Path:
-    """The encoder's complete run folder, trained first where it is missing (as `train` or `experiment` would)."""
+def encoder_run(reference, preset, seed, runs_root, epochs=None) -> Path:
+    """The encoder's complete run folder, trained first where it is missing (as `train` or `experiment` would);
+    epochs caps a registered trial's run, in the folder study_runs.py gives a capped run (<preset>-s<seed>-max<N>)."""
     if ":" in reference:
         from .experiments import EXPERIMENTS_DIR, load_experiment, run_experiment
         stem, _, row = reference.partition(":")
         experiment = load_experiment(EXPERIMENTS_DIR / f"{stem}.toml")
         return run_experiment(experiment, [row], [seed], preset, runs_root)[0]
     from .training import run_trial
+    if epochs:
+        return run_trial(reference, preset, seed, out_dir=runs_root, verbose=0, epochs=epochs, variant=f"max{epochs}")
     return run_trial(reference, preset, seed, out_dir=runs_root, verbose=0)
 
 
@@ -183,10 +190,11 @@ def features(row, data, preset, seed, runs_root) -> tuple[dict, dict]:
     else:
         from .completeness import run_status
         from .scoring import load_model
-        run = encoder_run(row.encoder, row.preset or preset, seed, runs_root)
+        run = encoder_run(row.encoder, row.preset or preset, seed, runs_root, row.epochs)
         status = run_status(run)
         model = load_model(run / "model.keras")
-        made = {"encoder": row.encoder, "encoder_preset": row.preset or preset, "run": str(run),
+        made = {"encoder": row.encoder, "encoder_preset": row.preset or preset, "encoder_epochs": row.epochs,
+                "run": str(run),
                 "key_digest": status.config.get("key_digest")}
     encoder = encoder_of(model, row.layer)
     out = {k: predict(encoder, _encoder_inputs(trial, data, data[k]), 256) for k in splits}
@@ -266,7 +274,8 @@ def _made_by(folder, row, preset) -> bool:
         return False
     return (made.get("kind") == row.features and made.get("encoder") == row.encoder
             and (row.features != "pca" or made.get("components_asked") == row.components)
-            and (row.features != "encoder" or made.get("encoder_preset") == (row.preset or preset)))
+            and (row.features != "encoder" or (made.get("encoder_preset") == (row.preset or preset)
+                                                and made.get("encoder_epochs") == row.epochs)))
 
 
 def _mean_sd(values):
@@ -297,6 +306,7 @@ def table(probe, runs_root, command=None) -> tuple[str, dict]:
         recall = {c: _mean_sd([m["recall"][c] for m in metrics])[0] for c in CLASS_NAMES}
         rows.append({"row": name, "why": row.why, "features": found[0][0]["features"]["kind"],
                      "encoder": row.encoder, "encoder_preset": found[0][0]["features"].get("encoder_preset"),
+                     "encoder_epochs": found[0][0]["features"].get("encoder_epochs"),
                      "dimensions": metrics[0]["dimensions"],
                      "seeds": [m["seed"] for m in metrics], "C": [m["C"] for m in metrics],
                      "val_accuracy": val, "val_accuracy_sd": val_sd, "test_accuracy": acc, "test_accuracy_sd": acc_sd,
@@ -308,7 +318,8 @@ def table(probe, runs_root, command=None) -> tuple[str, dict]:
     for r in rows:
         halved = " / ".join(f"{100 * r['recall'][c]:.0f}" for c in STUDY_REDUCED_CLASSES)
         encoder = "" if not r["encoder"] else f" {r['encoder']}" + (
-            f" ({r['encoder_preset']} run)" if r["encoder_preset"] not in (None, probe.preset) else "")
+            f" ({r['encoder_preset']} run)" if r["encoder_preset"] not in (None, probe.preset) else "") + (
+            f" (capped at {r['encoder_epochs']} epochs)" if r["encoder_epochs"] else "")
         lines.append(f"| {r['row']} | {r['features']}{encoder} | "
                      f"{r['dimensions']} | {', '.join(map(str, r['seeds']))} | {', '.join(map(str, r['C']))} | "
                      f"{_pct(r['val_accuracy'], r['val_accuracy_sd'])} | {_pct(r['test_accuracy'], r['test_accuracy_sd'])}"
