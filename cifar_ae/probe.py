@@ -245,7 +245,7 @@ def run_probe(probe, rows=None, seeds=None, runs_root="runs", data_source=None) 
             folder = probe_folder(runs_root, probe, name, seed)
             folders.append(folder)
             if (folder / "metrics.json").is_file():
-                if _made_by(folder, row, probe.preset):
+                if _made_by(folder, row, probe.preset, probe):
                     continue
                 (folder / "metrics.json").unlink()  # the row now names another encoder or run: fit it again
             # every row on the same images: the study's subset, its hold-out (chooses C) and the test set (scored once)
@@ -266,11 +266,15 @@ def run_probe(probe, rows=None, seeds=None, runs_root="runs", data_source=None) 
     return folders
 
 
-def _made_by(folder, row, preset) -> bool:
-    """Whether a fitted probe folder is this row's: the same kind of features, encoder and encoder preset."""
+def _made_by(folder, row, preset, probe=None) -> bool:
+    """Whether a fitted probe folder is this row's: the same kind of features, encoder and encoder preset (and the
+    probe's C grid and iterations, when given)."""
     try:
-        made = json.loads((folder / "config.json").read_text())["features"]
+        config = json.loads((folder / "config.json").read_text())
+        made = config["features"]
     except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if probe is not None and (config.get("C") != list(probe.C) or config.get("max_iter") != probe.max_iter):
         return False
     return (made.get("kind") == row.features and made.get("encoder") == row.encoder
             and (row.features != "pca" or made.get("components_asked") == row.components)
@@ -295,7 +299,7 @@ def table(probe, runs_root, command=None) -> tuple[str, dict]:
     for name, row in probe.rows.items():
         found = []
         for folder in sorted((Path(runs_root) / "probe" / probe.name / name).glob(f"{probe.preset}-s*")):
-            if (folder / "metrics.json").is_file() and _made_by(folder, row, probe.preset):  # not a stale fit
+            if (folder / "metrics.json").is_file() and _made_by(folder, row, probe.preset, probe):  # not a stale fit
                 found.append((json.loads((folder / "config.json").read_text()),
                               json.loads((folder / "metrics.json").read_text())))
         if not found:
