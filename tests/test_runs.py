@@ -101,13 +101,13 @@ def test_two_identical_runs_give_identical_metrics(tmp_path, cifar_dir):
 # --------------------------------------------------------------------------- validation at the boundary
 
 @pytest.mark.parametrize("changes, message", [
-    ({"optimizer": "adamx"}, r"optimizer must be one of 'adam', 'adamw', 'sgd'; got 'adamx'"),
+    ({"optimizer": "adamx"}, r"optimizer must be one of 'adam', 'adamw', 'sgd', 'muon'; got 'adamx'"),
     ({"learning_rate": -1.0}, "learning_rate must be a number"),
     ({"augmentation": {"policy": "nope"}}, "augmentation: unknown policy 'nope'"),
     ({"class_weight": "balanced"}, "class_weight must be one of None, 'inverse', 'effective'"),
     ({"batch_size": 0}, "batch_size must be an int"),
     ({"precision": "bf16"}, "precision must be one of 'auto'"),
-    ({"learnig_rate": 1e-3}, "unknown Trial field 'learnig_rate' for 'v2-joint-noaug'; did you mean learning_rate[?] valid fields: description, "),
+    ({"learnig_rate": 1e-3}, "unknown Trial field 'learnig_rate' for 'v2-joint-noaug'; did you mean learning_rate, muon_learning_rate[?] valid fields: description, "),
     ({"model_args": {"filterz": (8,)}}, "model_args 'filterz' is not an argument of joint_model; valid: filters"),
 ])
 def test_bad_fields_are_refused_before_anything_is_written(tmp_path, changes, message):
