@@ -150,9 +150,8 @@ def encoder_run(reference, preset, seed, runs_root, epochs=None) -> Path:
         experiment = load_experiment(EXPERIMENTS_DIR / f"{stem}.toml")
         return run_experiment(experiment, [row], [seed], preset, runs_root)[0]
     from .training import run_trial
-    if epochs:
-        return run_trial(reference, preset, seed, out_dir=runs_root, verbose=0, epochs=epochs, variant=f"max{epochs}")
-    return run_trial(reference, preset, seed, out_dir=runs_root, verbose=0)
+    capped = {"epochs": epochs, "variant": f"max{epochs}"} if epochs else {}
+    return run_trial(reference, preset, seed, out_dir=runs_root, verbose=0, **capped)
 
 
 # --------------------------------------------------------------------------- features
@@ -194,8 +193,7 @@ def features(row, data, preset, seed, runs_root) -> tuple[dict, dict]:
         status = run_status(run)
         model = load_model(run / "model.keras")
         made = {"encoder": row.encoder, "encoder_preset": row.preset or preset, "encoder_epochs": row.epochs,
-                "run": str(run),
-                "key_digest": status.config.get("key_digest")}
+                "run": str(run), "key_digest": status.config.get("key_digest")}
     encoder = encoder_of(model, row.layer)
     out = {k: predict(encoder, _encoder_inputs(trial, data, data[k]), 256) for k in splits}
     out = {k: np.asarray(v, np.float32).reshape(len(v), -1) for k, v in out.items()}
@@ -245,7 +243,7 @@ def run_probe(probe, rows=None, seeds=None, runs_root="runs", data_source=None) 
             folder = probe_folder(runs_root, probe, name, seed)
             folders.append(folder)
             if (folder / "metrics.json").is_file():
-                if _made_by(folder, row, probe.preset, probe):
+                if _made_by(folder, row, probe):
                     continue
                 (folder / "metrics.json").unlink()  # the row now names another encoder or run: fit it again
             # every row on the same images: the study's subset, its hold-out (chooses C) and the test set (scored once)
@@ -266,19 +264,19 @@ def run_probe(probe, rows=None, seeds=None, runs_root="runs", data_source=None) 
     return folders
 
 
-def _made_by(folder, row, preset, probe=None) -> bool:
-    """Whether a fitted probe folder is this row's: the same kind of features, encoder and encoder preset (and the
-    probe's C grid and iterations, when given)."""
+def _made_by(folder, row, probe) -> bool:
+    """Whether a fitted probe folder is this row's: the same kind of features, encoder and encoder run, under the
+    probe's C grid and iterations."""
     try:
         config = json.loads((folder / "config.json").read_text())
         made = config["features"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    if probe is not None and (config.get("C") != list(probe.C) or config.get("max_iter") != probe.max_iter):
+    if config.get("C") != list(probe.C) or config.get("max_iter") != probe.max_iter:
         return False
     return (made.get("kind") == row.features and made.get("encoder") == row.encoder
             and (row.features != "pca" or made.get("components_asked") == row.components)
-            and (row.features != "encoder" or (made.get("encoder_preset") == (row.preset or preset)
+            and (row.features != "encoder" or (made.get("encoder_preset") == (row.preset or probe.preset)
                                                 and made.get("encoder_epochs") == row.epochs)))
 
 
@@ -299,12 +297,12 @@ def table(probe, runs_root, command=None) -> tuple[str, dict]:
     for name, row in probe.rows.items():
         found = []
         for folder in sorted((Path(runs_root) / "probe" / probe.name / name).glob(f"{probe.preset}-s*")):
-            if (folder / "metrics.json").is_file() and _made_by(folder, row, probe.preset, probe):  # not a stale fit
+            if (folder / "metrics.json").is_file() and _made_by(folder, row, probe):  # not a stale fit
                 found.append((json.loads((folder / "config.json").read_text()),
-                              json.loads((folder / "metrics.json").read_text())))
+                              json.loads((folder / "metrics.json").read_text()), folder))
         if not found:
             continue
-        metrics = [m for _, m in found]
+        metrics = [m for _, m, _ in found]
         acc, acc_sd = _mean_sd([m["test_accuracy"] for m in metrics])
         val, val_sd = _mean_sd([m["val_accuracy"] for m in metrics])
         recall = {c: _mean_sd([m["recall"][c] for m in metrics])[0] for c in CLASS_NAMES}
@@ -314,8 +312,7 @@ def table(probe, runs_root, command=None) -> tuple[str, dict]:
                      "dimensions": metrics[0]["dimensions"],
                      "seeds": [m["seed"] for m in metrics], "C": [m["C"] for m in metrics],
                      "val_accuracy": val, "val_accuracy_sd": val_sd, "test_accuracy": acc, "test_accuracy_sd": acc_sd,
-                     "recall": recall, "runs": [str(f) for f in sorted((Path(runs_root) / "probe" / probe.name / name)
-                                                                       .glob(f"{probe.preset}-s*"))]})
+                     "recall": recall, "runs": [str(folder) for _, _, folder in found]})
     command = command or f"python -m cifar_ae probe experiments/probes/{probe.name}.toml --table-only"
     lines = ["| row | features | dimensions | seeds | C (by hold-out) | val acc | test acc | "
              + " / ".join(STUDY_REDUCED_CLASSES) + " recall | why |", "|---|---|---|---|---|---|---|---|---|"]

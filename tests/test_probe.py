@@ -74,13 +74,14 @@ def test_a_notebook_shows_its_probe_rows_from_the_generated_table(tmp_path, caps
 
 def test_a_fitted_probe_is_reused_only_for_the_row_that_made_it(tmp_path):
     from cifar_ae.probe import ProbeRow, _made_by
+    probe = load_probe(PATH)
     folder = tmp_path / "p"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"features": {"kind": "encoder", "encoder": "v4_honest:recon80",
-                                                                 "encoder_preset": "full"}}))
+    (folder / "config.json").write_text(json.dumps({"C": list(probe.C), "max_iter": probe.max_iter, "features": {
+        "kind": "encoder", "encoder": "v4_honest:recon80", "encoder_preset": "full", "encoder_epochs": None}}))
     row = ProbeRow("v4-honest", "", "encoder", encoder="v4_honest:recon80", preset="full")
-    assert _made_by(folder, row, "study")
-    assert not _made_by(folder, ProbeRow("v4-honest", "", "encoder", encoder="v4_honest:recon40", preset="full"), "study")
-    assert not _made_by(folder, ProbeRow("v4-honest", "", "encoder", encoder="v4_honest:recon80"), "study")
+    assert _made_by(folder, row, probe)
+    assert not _made_by(folder, ProbeRow("v4-honest", "", "encoder", encoder="v4_honest:recon40", preset="full"), probe)
+    assert not _made_by(folder, ProbeRow("v4-honest", "", "encoder", encoder="v4_honest:recon80"), probe)
     (folder / "config.json").write_text("{not json")
-    assert not _made_by(folder, row, "study")
+    assert not _made_by(folder, row, probe)
