@@ -52,6 +52,7 @@ def test_a_row_names_its_encoders_runs_and_a_bad_one_is_a_one_line_error(tmp_pat
     probe = load_probe(PATH)
     assert probe.rows["v4-honest"].preset == "full" and probe.rows["v4-honest"].seeds == (0,)
     assert at_preset(probe, "smoke").rows["v4-honest"].preset is None  # --preset smoke runs every encoder at smoke
+    assert at_preset(probe, "smoke").max_iter == 100 and at_preset(probe, "full").max_iter == probe.max_iter
     for row, said in (('features = "encoder"\nencoder = "v0-mlp-ae"\npreset = "fast"', "preset must be one of"),
                       ('features = "pixels"\npreset = "full"', "a pixels row has no encoder"),
                       ('features = "encoder"\nencoder = "v4_honest:recon80"\nepochs = 3', "epochs caps a registered")):
