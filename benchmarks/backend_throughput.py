@@ -22,7 +22,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
-MODELS = {"v2": "v2-joint-aug-adam", "v4": "v4-joint-lead"}
+MODELS = {"v2": "v2-joint-aug-adam", "v4": "v4-joint-lead", "v4-honest": "v4_honest:recon80",
+          "v4-honest-muon": "v4_honest:muon-lr0.1"}
 # engine label -> (KERAS_BACKEND, jit_compile)
 ENGINES = {"tensorflow": ("tensorflow", False), "tensorflow+xla": ("tensorflow", True), "jax": ("jax", True),
            "torch": ("torch", False)}
@@ -35,14 +36,14 @@ def measure(models, steps, repeats, jit_compile, peak) -> dict:
     from train_throughput import measure_once
     from cifar_ae import backend, compute, memory, models as M, training as TR
     from cifar_ae.batches import steps_per_epoch
-    from cifar_ae.trials import get_trial
+    from cifar_ae.probe import encoder_trial  # a registered trial or an experiment's row
     malloc, threads = memory.tune_malloc(), backend.configure_threads()
     if peak is None:
         import peak_flops
         peak = peak_flops.measure()
     rows = []
     for key in models:
-        trial = get_trial(MODELS[key]).replace(augmentation=None, class_weight=None, precision="float32")
+        trial = encoder_trial(MODELS[key]).replace(augmentation=None, class_weight=None, precision="float32")
         n_images = trial.batch_size * (steps + 3)
         data = TR.prepare_data(trial, trial.settings("quick"), 0)
         data = {**data, "x_train": data["x_train"][:n_images], "y_train": data["y_train"][:n_images], "scaling": None}
