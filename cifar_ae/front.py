@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .experiments import pixel_bypass
+from .report import describe_changes
 from .trials import TRIALS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,8 +31,13 @@ def headline_rows(results) -> list:
                  if r["metric"] == "recon_mse" else _pct(r["mean"], r["sd"]))
         study = r["study"] if r["metric"] == "recon_mse" else f"{100 * r['study']:.0f}%"
         bypass = BYPASS[pixel_bypass(TRIALS[r["trial"]])]
-        rows.append((f"{r['trial']} (the study: {study}, {r['verdict']})", value, ", ".join(map(str, r["seeds"])), "",
-                     "", bypass, f"python -m cifar_ae train {r['trial']} --preset study"))
+        command = f"python -m cifar_ae train {r['trial']} --preset study"
+        what = r["trial"]
+        if r.get("changed"):  # a run of the trial as registered before an edit: rerun at the code that made it
+            what += f", the net registered before, {describe_changes(r['changed'])}"
+            command = f"git checkout {(r.get('code_versions') or ['?'])[0]} && {command}"
+        rows.append((f"{what} (the study: {study}, {r['verdict']})", value, ", ".join(map(str, r["seeds"])), "",
+                     "", bypass, command))
     v3 = json.loads((results / "v3.json").read_text())["rows"]
     best = max(v3, key=lambda r: r["val_accuracy"] or 0)  # chosen on validation, not test
     v4, port = _row(results, "v4", "lead", "full"), _row(results, "v4", "airbench94", "full")

@@ -72,17 +72,34 @@ def _mean_sd(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def _upstream_epochs(root, upstream_run) -> int | None:
-    """The epochs setting of a classifier's encoder run, found as <root>/<trial>/<folder> (the kept copy); None if
-    it is not there or its config is not what a run writes (a hand-edited file does not stop the table)."""
+def _upstream_config(root, upstream_run) -> dict:
+    """A classifier's encoder run's config, found as <root>/<trial>/<folder> (the kept copy); {} if it is not there
+    or is not what a run writes (a hand-edited file does not stop the table)."""
     if not isinstance(upstream_run, str) or not upstream_run:
-        return None
+        return {}
     try:
         run = R.inside(root, Path(root) / Path(upstream_run).parent.name / Path(upstream_run).name)
-        epochs = (R.read_config(run) or {}).get("settings", {}).get("epochs")
+        config = R.read_config(run) or {}
     except (R.RunConflict, R.TrialError, AttributeError, OSError):
-        return None
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _upstream_epochs(root, upstream_run) -> int | None:
+    """The epochs setting of a classifier's encoder run; None if its config is not found."""
+    settings = _upstream_config(root, upstream_run).get("settings")
+    epochs = settings.get("epochs") if isinstance(settings, dict) else None
     return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+
+
+def _upstream_changed(root, upstream_run) -> dict:
+    """What a classifier's encoder run changed against its registered trial (e.g. a net registered since), its
+    length aside: {"upstream <trial>": changes}, or {}."""
+    config = _upstream_config(root, upstream_run)
+    if not isinstance(config.get("trial"), dict):
+        return {}
+    changed = {k: v for k, v in changed_fields(config).items() if k != "epochs"}
+    return {f"upstream {config['trial'].get('name')}": changed} if changed else {}
 
 
 def _train_accuracy_at(run, epoch) -> float | None:
@@ -114,6 +131,7 @@ def study_groups(root, name, preset="study") -> list[tuple[dict, list]]:
             continue
         seen.add(key)
         changed = {k: v for k, v in changed_fields(r["config"]).items() if k != "epochs"} if r["config"].get("trial") else {}
+        changed.update(_upstream_changed(root, r["config"].get("upstream_run")))
         length = (r["config"].get("settings", {}).get("epochs"), _upstream_epochs(root, r["config"].get("upstream_run")))
         groups.setdefault((length, json.dumps(canonical(changed), sort_keys=True)), ([length, changed], []))[1].append(r)
     full = PRESETS[preset]["epochs"]
@@ -158,7 +176,7 @@ def _study_row(root, name, group, runs, preset) -> dict:
         ran.append(m.get("epochs"))
         seconds += sum(h.get("epoch_seconds", []))
         cpu += sum(h.get("train_user_seconds", [])) + sum(h.get("train_sys_seconds", []))
-    machines = []
+    machines, code = [], sorted({str((r["config"].get("code_version") or {}).get("git_commit") or "?")[:7] for r in runs})
     for r in runs:
         machine = r["config"].get("machine", {})
         where = (", ".join(g["name"] for g in machine.get("gpus", [])) or machine.get("cpu_model", "?")) if machine else "?"
@@ -178,7 +196,7 @@ def _study_row(root, name, group, runs, preset) -> dict:
             "stopped_early": stopped, "cap": cap if cap and not all(stopped) else None,
             "unreached_cap": cap if cap and any(stopped) else None, "upstream_cap": up_cap,  # a capped encoder: capped
             "wall_seconds": round(seconds), "cpu_seconds": round(cpu),
-            "where": ", ".join(machines), "recall": recalls, "runs": [r["run"] for r in runs],
+            "where": ", ".join(machines), "code_versions": code, "recall": recalls, "runs": [r["run"] for r in runs],
             "train_key": "loss" if metric == "recon_mse" else None}
 
 
@@ -188,10 +206,23 @@ def _value(v, metric):
     return f"{v:.5f}" if metric == "recon_mse" else f"{100 * v:.1f}%"
 
 
+def describe_changes(changed) -> str:
+    """'convs_per_block=1, batch_size=64' or 'on v1-cnn-ae with convs_per_block=1': what changed_fields found."""
+    parts = []
+    for key, value in changed.items():
+        if key.startswith("upstream ") and isinstance(value, dict):
+            parts.append(f"on {key.split(' ', 1)[1]} with {describe_changes(value)}")
+        elif key == "model_args" and isinstance(value, dict):
+            parts += [f"{arg}={v}" for arg, v in value.items()]
+        else:
+            parts.append(f"{key}={value}")
+    return ", ".join(parts)
+
+
 def _label(row) -> str:
     """The trial's name, and what its runs changed against the registered trial, if anything."""
     changed = row.get("changed") or {}
-    return row["trial"] + (f" ({', '.join(f'{k}={v}' for k, v in changed.items())})" if changed else "")
+    return row["trial"] + (f" ({describe_changes(changed)})" if changed else "")
 
 
 def study_markdown(rows, title="The study's table at the study's length", preset="study") -> str:

@@ -9,7 +9,7 @@ from cifar_ae.probe import PROBES_DIR, load_probe
 
 PATH = PROBES_DIR / "linear_probe.toml"
 GROUPS = {"controls-and-v0": ["pixels", "pca-768", "pca-4096", "random-v1", "v0"],
-          "v1-and-v3": ["v1-as-built", "v1-one-conv", "v3-ae"],
+          "v1-and-v3": ["v1", "v1-one-conv", "v3-ae"],
           "joint": ["v2-joint", "v4-honest", "v4-alone"]}
 
 
@@ -44,7 +44,7 @@ def test_every_probe_row_builds_its_features_and_fits_on_smoke(group, cifar_dir,
         assert "[probe " not in capsys.readouterr().out
         assert (tmp_path / "tables" / "linear_probe.md").read_text() == before
     if group == "v1-and-v3":
-        assert dims["v1-as-built"] == dims["v1-one-conv"] == 8 * 8 * 64
+        assert dims["v1"] == dims["v1-one-conv"] == 8 * 8 * 64
 
 
 def test_a_row_names_its_encoders_runs_and_a_bad_one_is_a_one_line_error(tmp_path):

@@ -369,6 +369,31 @@ def test_the_study_loop_caps_a_classifiers_autoencoder_by_its_own_name(tmp_path,
     assert set(rows) == {"v0-mlp-ae", "v0-dense"}
 
 
+def test_a_changed_net_trains_beside_its_kept_runs_and_never_over_them(tmp_path, cifar_dir):
+    """Issue 44 re-registered v0-mlp-ae and v1-cnn-ae: their earlier study runs stay in <trial>/study-s<seed>, the new
+    nets' go beside them (--variant), and keeping a run over another run's record is refused."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("study_bench", Path(__file__).parents[1] / "tools" / "study_runs.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    runs, kept = tmp_path / "runs", tmp_path / "kept"
+    earlier = kept / "v0-dense" / "smoke-s0-as-built"
+    earlier.mkdir(parents=True)
+    (earlier / "config.json").write_text(json.dumps({"key_digest": "0123456789"}))
+    with pytest.raises(SystemExit, match="keeps another run .*--variant NAME"):
+        study.main(["--preset", "smoke", "--runs", str(runs), "--keep", str(kept), "--only", "v0-dense:0",
+                    "--variant", "as-built"])
+    assert json.loads((earlier / "config.json").read_text()) == {"key_digest": "0123456789"}  # untouched
+    assert not runs.exists()  # refused before training
+    (earlier / "config.json").unlink()
+    study.main(["--preset", "smoke", "--runs", str(runs), "--keep", str(kept), "--only", "v0-dense:0",
+                "--variant", "as-built"])
+    encoder = runs / "v0-mlp-ae" / "smoke-s0-as-built"
+    config = json.loads((earlier / "config.json").read_text())
+    assert Path(config["upstream_run"]) == encoder and (kept / "v0-mlp-ae" / "smoke-s0-as-built" / "metrics.json").is_file()
+    assert json.loads((encoder / "config.json").read_text())["trial"]["model_args"] == {"hidden_units": [1536]}
+
+
 def test_the_side_experiments_share_one_encoder_and_table_what_ran(tmp_path, cifar_dir):
     import importlib.util
     spec = importlib.util.spec_from_file_location("study_bench", Path(__file__).parents[1] / "tools" / "study_runs.py")

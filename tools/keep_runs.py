@@ -18,12 +18,30 @@ REPO = Path(__file__).resolve().parent.parent
 def keep(run, runs_root, dest_root) -> Path:
     """Copy one run's small files to dest_root, keeping its path below runs_root; returns the copy's folder."""
     run, runs_root, dest_root = Path(run), Path(runs_root), Path(dest_root)
-    dest = dest_root / run.relative_to(runs_root)
+    dest = check_keepable(run, _key_digest(run), runs_root, dest_root)
     dest.mkdir(parents=True, exist_ok=True)
     for name in SMALL_FILES:
         if (run / name).is_file():
             shutil.copy2(run / name, dest / name)
     return dest
+
+
+def check_keepable(run, key_digest, runs_root, dest_root) -> Path:
+    """Where `run` would be kept; SystemExit if a record of another run is there (it is never overwritten)."""
+    dest = Path(dest_root) / Path(run).relative_to(runs_root)
+    theirs = _key_digest(dest)
+    if theirs is not None and key_digest != theirs:
+        raise SystemExit(f"{dest} keeps another run (key {theirs}; this one is {key_digest}): train this one into "
+                         "another folder (a variant, e.g. tools/study_runs.py --variant NAME) rather than over it")
+    return dest
+
+
+def _key_digest(run):
+    import json
+    try:
+        return json.loads((Path(run) / "config.json").read_text()).get("key_digest")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def commit(paths, message):

@@ -21,26 +21,34 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from keep_runs import commit, keep  # noqa: E402  (a dev script beside this one)
+from keep_runs import check_keepable, commit, keep  # noqa: E402  (a dev script beside this one)
 
-# the issue's order: the headline trial twice, the other joint models, then v1 and v0 (their autoencoders first)
-# (issue 44: two seeds on every row; the v0 and v1 rows' second seeds wait for their as-built nets)
+# the issue's order: the headline trial twice, the other joint models, then v1 and v0 (their autoencoders first);
+# two seeds on every row (issue 44). The v0 and v1 seed-0 runs kept in results/runs/study/*/study-s0 are of the nets
+# registered before issue 44; the as-built nets' runs go beside them with --variant as-built:
+#   python tools/study_runs.py --only v0-dense v0-conv1d v1-feature-classifier --variant as-built \
+#       --keep results/runs/study --results results --commit
 PLAN = [("v2-joint-aug-adam", 0), ("v2-joint-aug-adam", 1), ("v2-joint-noaug", 0), ("v2-joint-aug-sgd", 0),
-        ("v1-feature-classifier", 0), ("v0-dense", 0), ("v0-conv1d", 0), ("v2-joint-noaug", 1), ("v2-joint-aug-sgd", 1)]
+        ("v1-feature-classifier", 0), ("v0-dense", 0), ("v0-conv1d", 0), ("v2-joint-noaug", 1), ("v2-joint-aug-sgd", 1),
+        ("v0-dense", 1), ("v0-conv1d", 1), ("v1-feature-classifier", 1)]
 
 # The study's side experiments: (row, base trial, Trial changes, what the study saw). Each runs `SIDE_EPOCHS` epochs
 # of `quick` (the length that shows the effect), seed 0, into <runs>/side/<trial>/quick-s0-<row> (the classifier
 # rows share one upstream autoencoder run, the decoder-transpose row's); results/study_side.md tables them.
 SIDE_EPOCHS = {"autoencoder": 10, "classifier": 5, "joint": 3}
+# they ran on the v1 net registered before issue 44, one conv per block (v1-cnn-ae has the study's two since)
+ONE_CONV = {"model_args": {"convs_per_block": 1}}
 SIDE = [
-    ("decoder-transpose", "v1-cnn-ae", {}, "Conv2DTranspose decoder: MSE 0.0007"),
-    ("decoder-upsampling-1", "v1-cnn-ae", {"model_args": {"upsampling": "upsampling"}},
+    ("decoder-transpose", "v1-cnn-ae", ONE_CONV, "Conv2DTranspose decoder: MSE 0.0007"),
+    ("decoder-upsampling-1", "v1-cnn-ae", {"model_args": {"upsampling": "upsampling", "convs_per_block": 1}},
      "UpSampling2D, one block of 32 and 64 filters: stuck at MSE 0.05 for 10+ epochs"),
     ("decoder-upsampling-2", "v1-cnn-ae", {"model_args": {"upsampling": "upsampling", "convs_per_block": 2}},
      "UpSampling2D, two blocks: MSE 0.008 after 30 epochs"),
-    ("ae-batch-64", "v1-cnn-ae", {"batch_size": 64}, "batch 64: MSE 0.0008 (batch 128: 0.0007, converged earlier)"),
-    ("ae-scaling-mean", "v1-cnn-ae", {"scaling": "mean"}, "mean-subtracted input: MSE ~0.015"),
-    ("ae-scaling-zscore", "v1-cnn-ae", {"scaling": "zscore"}, "z-scored input: validation MSE ~1.4 (in z units)"),
+    ("ae-batch-64", "v1-cnn-ae", {**ONE_CONV, "batch_size": 64},
+     "batch 64: MSE 0.0008 (batch 128: 0.0007, converged earlier)"),
+    ("ae-scaling-mean", "v1-cnn-ae", {**ONE_CONV, "scaling": "mean"}, "mean-subtracted input: MSE ~0.015"),
+    ("ae-scaling-zscore", "v1-cnn-ae", {**ONE_CONV, "scaling": "zscore"},
+     "z-scored input: validation MSE ~1.4 (in z units)"),
     ("cls-sgd-1e-3-b128", "v1-feature-classifier", {"optimizer": "sgd", "learning_rate": 1e-3, "batch_size": 128},
      "SGD, lr 1e-3, batch 128"),
     ("cls-adam-1e-2-b128", "v1-feature-classifier", {"learning_rate": 1e-2, "batch_size": 128},
@@ -76,6 +84,9 @@ def main(argv=None):
     ap.add_argument("--only", nargs="+", default=None, metavar="TRIAL[:SEED]", help="run these entries of the plan")
     ap.add_argument("--cap", action="append", default=[], metavar="TRIAL=EPOCHS",
                     help="stop this trial's runs after EPOCHS (the folder and the table say so)")
+    ap.add_argument("--variant", default=None, metavar="NAME", help="end every run folder of this call, and its "
+                    "autoencoder's, with -NAME (e.g. as-built, once the registered net changed: the earlier runs keep "
+                    "study-s<seed>, and the table tells the two apart by what they changed)")
     ap.add_argument("--commit", action="store_true", help="git-commit each finished run's small files")
     ap.add_argument("--preset", default="study", help="study (default); smoke for a test of the loop")
     ap.add_argument("--results", default=None, help="where study.md / study.json go (default: --runs; results/ "
@@ -92,7 +103,7 @@ def main(argv=None):
     if args.side:
         return run_side(args, runs_root, keep_root)
     if not args.table_only:
-        from cifar_ae.training import run_trial  # imports keras: not needed for --table-only
+        from cifar_ae.training import plan_run, run_trial  # imports keras: not needed for --table-only
         from cifar_ae.trials import get_trial
         plan = PLAN
         if args.only:
@@ -103,13 +114,20 @@ def main(argv=None):
             # a classifier's frozen autoencoder is capped by its own name (--cap v0-mlp-ae=30); the classifier's
             # folder then says so too, for it is another run than one on an uncapped encoder
             up_cap = caps.get(get_trial(trial).upstream)
-            parts = ([f"max{cap}"] if cap else []) + ([f"ae-max{up_cap}"] if up_cap else [])
-            variant = "-".join(parts) or None
+            parts = ([f"max{cap}"] if cap else []) + ([f"ae-max{up_cap}"] if up_cap else []) + [args.variant or ""]
+            variant = "-".join(p for p in parts if p) or None
+            up_variant = "-".join(p for p in (f"max{up_cap}" if up_cap else "", args.variant or "") if p) or None
+            how = dict(epochs=cap, variant=variant, upstream_epochs=up_cap,
+                       upstream_variant=up_variant if get_trial(trial).upstream else None)
+            if keep_root is not None:  # before training: a kept record of another run is never overwritten
+                planned = plan_run(trial, args.preset, seed, runs_root, **how)
+                for step in (planned, planned.upstream):
+                    if step is not None:
+                        check_keepable(step.folder, step.key_digest, runs_root, keep_root)
             t0 = time.time()
             print(f"=== {trial} seed {seed} on `study`" + (f", capped at {cap} epochs" if cap else "")
                   + (f", its autoencoder capped at {up_cap}" if up_cap else ""), flush=True)
-            run = run_trial(trial, args.preset, seed, runs_root, epochs=cap, variant=variant, verbose=2,
-                            upstream_epochs=up_cap, upstream_variant=f"max{up_cap}" if up_cap else None)
+            run = run_trial(trial, args.preset, seed, runs_root, verbose=2, **how)
             kept = [run]
             upstream = json.loads((run / "config.json").read_text()).get("upstream_run")
             if upstream:
@@ -161,9 +179,10 @@ def run_side(args, runs_root, keep_root):
         epochs = lengths[get_trial(base).task]
         if not args.table_only and row in wanted:
             from cifar_ae.training import run_trial
-            # the classifier rows read the decoder-transpose row's autoencoder (the registered v1-cnn-ae at the
-            # side length) rather than training another one
-            up = (dict(upstream_epochs=lengths["autoencoder"], upstream_variant=SIDE[0][0])
+            # the classifier rows read the decoder-transpose row's autoencoder (at the side length) rather than
+            # training another one
+            up = (dict(upstream_epochs=lengths["autoencoder"], upstream_variant=SIDE[0][0],
+                       upstream=get_trial(SIDE[0][1]).replace(**SIDE[0][2]))
                   if get_trial(base).upstream == SIDE[0][1] else {})
             print(f"=== side {row}: {base} on `{side_preset}`" + (f", {epochs} epochs" if epochs else ""), flush=True)
             run = run_trial(base, side_preset, 0, runs_root / "side", epochs=epochs, variant=row, verbose=2, **up,
