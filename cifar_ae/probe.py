@@ -31,7 +31,7 @@ PROBES_DIR = Path(__file__).resolve().parent.parent / "experiments" / "probes"
 KINDS = ("pixels", "pca", "random", "encoder")
 FILE_KEYS = {"description": str, "preset": str, "seeds": list, "C": list, "max_iter": int, "rows": dict}
 ROW_KEYS = {"why": str, "features": str, "components": int, "encoder": str, "layer": str, "preset": str,
-            "seeds": list, "epochs": int}
+            "seeds": list, "epochs": int, "runs": str, "variant": str}
 
 
 # the images every probe row sees: the study's imbalanced subset with a stratified 2,000-image hold-out
@@ -53,6 +53,8 @@ class ProbeRow:
     preset: str | None = None      # the encoder's run, where it is not the file's preset (e.g. v4's selection runs)
     seeds: tuple | None = None     # the encoder's seeds, where it has fewer than the file's
     epochs: int | None = None      # a registered encoder's run capped at these epochs (as tools/study_runs.py --cap)
+    runs: str | None = None        # a registered encoder's runs under <runs root>/<runs> (study: tools/study_runs.py's)
+    variant: str | None = None     # ... in <preset>-s<seed>-<variant> (as tools/study_runs.py --variant)
 
 
 @dataclass(frozen=True)
@@ -114,11 +116,23 @@ def load_probe(path) -> Probe:
         if "epochs" in row and (kind != "encoder" or ":" in row["encoder"] or row["epochs"] < 1):
             raise ProbeError(f"{where}: epochs caps a registered trial's encoder run (>= 1); an experiment row has its "
                              f"own epochs; got epochs={row['epochs']!r} for {row.get('encoder')!r}.")
+        if ("runs" in row or "variant" in row) and (kind != "encoder" or ":" in row["encoder"]):
+            raise ProbeError(f"{where}: runs and variant find a registered trial's encoder runs (as tools/study_runs.py "
+                             f"makes them); an experiment row has its own folder; got {row.get('encoder')!r}.")
+        if "runs" in row and (not row["runs"] or not all(part.isidentifier() for part in row["runs"].split("/"))):
+            raise ProbeError(f"{where}: runs is a folder under the runs root, e.g. \"study\"; got {row['runs']!r}.")
+        if "variant" in row:
+            from .runs import folder_name
+            try:
+                folder_name("study", 0, "", True, row["variant"])
+            except (TrialError, ValueError) as e:
+                raise ProbeError(f"{where}: {e}") from None
         if "seeds" in row and not row["seeds"]:
             raise ProbeError(f"{where}: seeds is empty; list the encoder's seeds, or remove seeds for the file's.")
         row_seeds = tuple(check_seed(s) for s in row["seeds"]) if "seeds" in row else None
         rows[name] = ProbeRow(name, row.get("why", ""), kind, row.get("components"), row.get("encoder"),
-                              row.get("layer", "features"), row.get("preset"), row_seeds, row.get("epochs"))
+                              row.get("layer", "features"), row.get("preset"), row_seeds, row.get("epochs"),
+                              row.get("runs"), row.get("variant"))
     if not rows:
         raise ProbeError(f"{path}: no rows; add [rows.NAME] tables.")
     seeds = tuple(check_seed(s) for s in data.get("seeds", [0]))
@@ -126,7 +140,7 @@ def load_probe(path) -> Probe:
                  data.get("max_iter", 1000))
 
 
-SMOKE_MAX_ITER = 100
+SMOKE_MAX_ITER = 20
 
 
 def at_preset(probe, preset) -> Probe:
@@ -146,17 +160,18 @@ def encoder_trial(reference):
     return get_trial(reference)
 
 
-def encoder_run(reference, preset, seed, runs_root, epochs=None) -> Path:
+def encoder_run(reference, preset, seed, runs_root, epochs=None, variant=None) -> Path:
     """The encoder's complete run folder, trained first where it is missing (as `train` or `experiment` would);
-    epochs caps a registered trial's run, in the folder study_runs.py gives a capped run (<preset>-s<seed>-max<N>)."""
+    epochs caps a registered trial's run, in the folder study_runs.py gives a capped run (<preset>-s<seed>-max<N>),
+    and variant ends its folder's name as study_runs.py --variant does."""
     if ":" in reference:
         from .experiments import EXPERIMENTS_DIR, load_experiment, run_experiment
         stem, _, row = reference.partition(":")
         experiment = load_experiment(EXPERIMENTS_DIR / f"{stem}.toml")
         return run_experiment(experiment, [row], [seed], preset, runs_root)[0]
     from .training import run_trial
-    capped = {"epochs": epochs, "variant": f"max{epochs}"} if epochs else {}
-    return run_trial(reference, preset, seed, out_dir=runs_root, verbose=0, **capped)
+    name = "-".join(part for part in (f"max{epochs}" if epochs else "", variant or "") if part) or None
+    return run_trial(reference, preset, seed, out_dir=runs_root, verbose=0, epochs=epochs, variant=name)
 
 
 # --------------------------------------------------------------------------- features
@@ -194,10 +209,12 @@ def features(row, data, preset, seed, runs_root) -> tuple[dict, dict]:
     else:
         from .completeness import run_status
         from .scoring import load_model
-        run = encoder_run(row.encoder, row.preset or preset, seed, runs_root, row.epochs)
+        run = encoder_run(row.encoder, row.preset or preset, seed, Path(runs_root) / (row.runs or ""), row.epochs,
+                          row.variant)
         status = run_status(run)
         model = load_model(run / "model.keras")
         made = {"encoder": row.encoder, "encoder_preset": row.preset or preset, "encoder_epochs": row.epochs,
+                "encoder_variant": row.variant,
                 "run": str(run), "key_digest": status.config.get("key_digest")}
     encoder = encoder_of(model, row.layer)
     out = {k: predict(encoder, _encoder_inputs(trial, data, data[k]), 256) for k in splits}
@@ -282,7 +299,8 @@ def _made_by(folder, row, probe) -> bool:
     return (made.get("kind") == row.features and made.get("encoder") == row.encoder
             and (row.features != "pca" or made.get("components_asked") == row.components)
             and (row.features != "encoder" or (made.get("encoder_preset") == (row.preset or probe.preset)
-                                                and made.get("encoder_epochs") == row.epochs)))
+                                                and made.get("encoder_epochs") == row.epochs
+                                                and made.get("encoder_variant") == row.variant)))
 
 
 def _mean_sd(values):

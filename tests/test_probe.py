@@ -52,10 +52,15 @@ def test_a_row_names_its_encoders_runs_and_a_bad_one_is_a_one_line_error(tmp_pat
     probe = load_probe(PATH)
     assert probe.rows["v4-honest"].preset == "full" and probe.rows["v4-honest"].seeds == (0,)
     assert at_preset(probe, "smoke").rows["v4-honest"].preset is None  # --preset smoke runs every encoder at smoke
-    assert at_preset(probe, "smoke").max_iter == 100 and at_preset(probe, "full").max_iter == probe.max_iter
+    assert at_preset(probe, "smoke").max_iter == 20 and at_preset(probe, "full").max_iter == probe.max_iter
+    # the study's v0 and v1 codes are read from the study table's runs, trained once for both
+    assert (probe.rows["v1"].runs, probe.rows["v1"].variant, probe.rows["v2-joint"].runs) == ("study", "as-built", "study")
     for row, said in (('features = "encoder"\nencoder = "v0-mlp-ae"\npreset = "fast"', "preset must be one of"),
                       ('features = "pixels"\npreset = "full"', "a pixels row has no encoder"),
-                      ('features = "encoder"\nencoder = "v4_honest:recon80"\nepochs = 3', "epochs caps a registered")):
+                      ('features = "encoder"\nencoder = "v4_honest:recon80"\nepochs = 3', "epochs caps a registered"),
+                      ('features = "encoder"\nencoder = "v4_honest:recon80"\nvariant = "b"', "runs and variant find a"),
+                      ('features = "encoder"\nencoder = "v0-mlp-ae"\nruns = "../elsewhere"', "runs is a folder under"),
+                      ('features = "encoder"\nencoder = "v0-mlp-ae"\nvariant = "as built"', "variant")):
         bad = tmp_path / "bad.toml"
         bad.write_text(f'preset = "study"\n[rows.r]\n{row}\n')
         with pytest.raises(ProbeError, match=said) as caught:
@@ -84,5 +89,7 @@ def test_a_fitted_probe_is_reused_only_for_the_row_that_made_it(tmp_path):
     assert _made_by(folder, row, probe)
     assert not _made_by(folder, ProbeRow("v4-honest", "", "encoder", encoder="v4_honest:recon40", preset="full"), probe)
     assert not _made_by(folder, ProbeRow("v4-honest", "", "encoder", encoder="v4_honest:recon80"), probe)
+    assert not _made_by(folder, ProbeRow("v4-honest", "", "encoder", encoder="v4_honest:recon80", preset="full",
+                                         variant="as-built"), probe)  # another encoder run
     (folder / "config.json").write_text("{not json")
     assert not _made_by(folder, row, probe)
