@@ -236,7 +236,26 @@ def study_markdown(rows, title="The study's table at the study's length", preset
              "accuracy or 25% of the MSE.", "",
              "| trial | metric | ours (mean ± sd) | seeds | study | difference | verdict | train acc (study's) | kept epoch | "
              "length | where, time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    header = lines[-2:]
+    # the trials as registered first; then runs of a trial as it was registered before an edit (issue 44's earlier
+    # nets), each marked with what it changes against today's trial
+    # a study trial whose only runs are side rows has a row that says so, in its place
+    current = {r["trial"] for r in rows if not r.get("changed")}
+    missing = [{"trial": t, "missing": True} for t in STUDY_TRIALS if t not in current and any(r["trial"] == t for r in rows)]
+    order = {t: i for i, t in enumerate(STUDY_TRIALS)}
+    rows = (sorted([r for r in rows if not r.get("changed")] + missing, key=lambda r: order.get(r["trial"], len(order)))
+            + [r for r in rows if r.get("changed")])
+    from .trials import TRIALS
+    for i, r in enumerate(rows):
+        if r.get("missing"):
+            metric, study = next(iter(TRIALS[r["trial"]].study.items()), ("", None))
+            lines.append(f"| {r['trial']} | {'test MSE' if metric == 'recon_mse' else 'test acc'} | not run yet as "
+                         f"registered | | {_value(study, metric)} | | | | | | |")
+            continue
+        if r.get("changed") and (i == 0 or not rows[i - 1].get("changed")):
+            lines += ["", "Runs of the trials as they were registered before an edit (side rows: each names what it "
+                      "changes against today's trial; `git checkout` the run's code version to rerun one):", "",
+                      *header]
         metric = "test MSE" if r["metric"] == "recon_mse" else "test acc"
         ours = _value(r["mean"], r["metric"]) + ("" if r["sd"] is None else
                                                   f" ± {r['sd']:.5f}" if r["metric"] == "recon_mse" else f" ± {100 * r['sd']:.1f}")
@@ -260,7 +279,7 @@ def study_markdown(rows, title="The study's table at the study's length", preset
                      f"{_value(r['train_accuracy'], 'acc')}"
                      + (f" ({_value(r['study_train_accuracy'], 'acc')})" if r.get("study_train_accuracy") else "")
                      + f" | {', '.join(map(str, r['kept_epochs']))} | {length} | {where} |")
-    with_recall = [r for r in rows if r["recall"]]
+    with_recall = [r for r in rows if r.get("recall")]
     if with_recall:
         lines += ["", "Per-class test recall (mean over seeds; bird, deer and truck had half the training images):", "",
                   "| trial | " + " | ".join(CLASS_NAMES) + " |", "|---|" + "---|" * len(CLASS_NAMES)]

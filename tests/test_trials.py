@@ -181,3 +181,27 @@ def test_the_study_table_says_which_caps_bound(tmp_path):
         _study_run(tmp_path, "v1-feature-classifier", f"study-s{i}", 100, 12, True, upstream=up)
     row = next(r for r in study_rows(tmp_path) if r["trial"] == "v1-feature-classifier")
     assert row["upstream_cap"] is None and len(row["seeds"]) == 4
+
+
+def test_runs_of_a_net_registered_before_are_side_rows_and_its_new_row_says_not_run(tmp_path):
+    """Issue 44 re-registered v1-cnn-ae: a kept run of the one-conv net, and a classifier on it, are side rows named
+    by what they change (the classifier by its encoder's change), never the registered trial's result."""
+    from cifar_ae.report import study_markdown, study_rows
+    from cifar_ae.trials import TRIALS
+    old_ae = _study_run(tmp_path, "v1-cnn-ae", "study-s0", 100, 100, False)
+    _study_run(tmp_path, "v1-feature-classifier", "study-s0", 100, 40, True, upstream="runs/study/v1-cnn-ae/study-s0")
+    for run, trial in ((old_ae, "v1-cnn-ae"), (tmp_path / "v1-feature-classifier" / "study-s0", "v1-feature-classifier")):
+        config = json.loads((run / "config.json").read_text())
+        record = TRIALS[trial].to_dict()
+        if trial == "v1-cnn-ae":
+            record["model_args"] = {}  # as registered before: the builder's default, one conv per block
+        (run / "config.json").write_text(json.dumps({**config, "trial": record, "preset": "study"}))
+    rows = study_rows(tmp_path)
+    assert [r["changed"] for r in rows] == [{"model_args": {"convs_per_block": 1}},
+                                            {"upstream v1-cnn-ae": {"model_args": {"convs_per_block": 1}}}]
+    table = study_markdown(rows)
+    main, side = table.split("Runs of the trials as they were registered before an edit")
+    assert "| v1-cnn-ae | test MSE | not run yet as registered |" in main
+    assert "| v1-feature-classifier | test acc | not run yet as registered |" in main
+    assert "| v1-cnn-ae (convs_per_block=1) | test acc | 50.0% |" in side  # the fake run records an accuracy too
+    assert "| v1-feature-classifier (on v1-cnn-ae with convs_per_block=1) | test acc | 50.0% |" in side
