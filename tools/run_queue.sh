@@ -6,11 +6,13 @@
 # so the file is what is still pending: edit it to reorder. A killed job resumes from its checkpoint when run again.
 # After each job, every complete run under runs/<experiment> is kept in results/runs and committed, only its files
 # (tools/keep_runs.py), so a session that ends loses at most the job in flight. WAIT_PID: start after that process.
+# NO_KEEP=1: keep and commit nothing (e.g. after the last verified commit of a session); the next run keeps them.
 set -u
 jobs_file=$(realpath "$1"); log_dir=$(realpath "$2")
 cd "$(dirname "$0")/.."
 export TF_CPP_MIN_LOG_LEVEL=2
 keep() {
+  [ -n "${NO_KEEP:-}" ] && return
   for exp in runs/*/; do
     exp=${exp%/}
     [ -f "experiments/$(basename "$exp").toml" ] && python tools/keep_runs.py "$exp" --runs runs --commit >> "$log_dir/keep.log" 2>&1
