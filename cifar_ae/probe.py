@@ -170,7 +170,8 @@ def encoder_run(reference, preset, seed, runs_root, epochs=None, variant=None) -
         experiment = load_experiment(EXPERIMENTS_DIR / f"{stem}.toml")
         return run_experiment(experiment, [row], [seed], preset, runs_root)[0]
     from .training import run_trial
-    name = "-".join(part for part in (f"max{epochs}" if epochs else "", variant or "") if part) or None
+    from .runs import variant_name
+    name = variant_name(f"max{epochs}" if epochs else "", variant)
     return run_trial(reference, preset, seed, out_dir=runs_root, verbose=0, epochs=epochs, variant=name)
 
 

@@ -237,9 +237,8 @@ def study_markdown(rows, title="The study's table at the study's length", preset
              "| trial | metric | ours (mean ± sd) | seeds | study | difference | verdict | train acc (study's) | kept epoch | "
              "length | where, time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     header = lines[-2:]
-    # the trials as registered first; then runs of a trial as it was registered before an edit (issue 44's earlier
-    # nets), each marked with what it changes against today's trial
-    # a study trial whose only runs are side rows has a row that says so, in its place
+    # the trials as registered first (one whose only runs are side rows says so, in its place); then runs of a trial
+    # as it was registered before an edit (issue 44's earlier nets), each marked with what it changes
     current = {r["trial"] for r in rows if not r.get("changed")}
     missing = [{"trial": t, "missing": True} for t in STUDY_TRIALS if t not in current and any(r["trial"] == t for r in rows)]
     order = {t: i for i, t in enumerate(STUDY_TRIALS)}

@@ -126,6 +126,11 @@ def is_registered(trial: Trial, settings: dict, preset: str, builder_defaults: d
 NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows filesystems
 
 
+def variant_name(*parts) -> str | None:
+    """A run folder's suffix from its parts, empty ones left out: ("max40", "as-built") -> "max40-as-built"."""
+    return "-".join(part for part in parts if part) or None
+
+
 def folder_name(preset, seed, key_digest, plain: bool, variant=None) -> str:
     base = f"{preset}-s{seed}"
     if variant is not None:

@@ -103,6 +103,7 @@ def main(argv=None):
     if args.side:
         return run_side(args, runs_root, keep_root)
     if not args.table_only:
+        from cifar_ae.runs import variant_name
         from cifar_ae.training import plan_run, run_trial  # imports keras: not needed for --table-only
         from cifar_ae.trials import get_trial
         plan = PLAN
@@ -114,9 +115,8 @@ def main(argv=None):
             # a classifier's frozen autoencoder is capped by its own name (--cap v0-mlp-ae=30); the classifier's
             # folder then says so too, for it is another run than one on an uncapped encoder
             up_cap = caps.get(get_trial(trial).upstream)
-            parts = ([f"max{cap}"] if cap else []) + ([f"ae-max{up_cap}"] if up_cap else []) + [args.variant or ""]
-            variant = "-".join(p for p in parts if p) or None
-            up_variant = "-".join(p for p in (f"max{up_cap}" if up_cap else "", args.variant or "") if p) or None
+            variant = variant_name(f"max{cap}" if cap else "", f"ae-max{up_cap}" if up_cap else "", args.variant)
+            up_variant = variant_name(f"max{up_cap}" if up_cap else "", args.variant)  # as the probe finds it
             how = dict(epochs=cap, variant=variant, upstream_epochs=up_cap,
                        upstream_variant=up_variant if get_trial(trial).upstream else None)
             if keep_root is not None:  # before training: a kept record of another run is never overwritten
