@@ -227,7 +227,7 @@ def main(argv=None):
                    "and train nothing")
     p.set_defaults(func=cmd_experiment)
     p = sub.add_parser("probe", help="a linear probe of frozen features (experiments/probes/*.toml), then its table")
-    _file_of_rows(p, "a probe file, e.g. experiments/probes/linear_probe.toml",
+    _file_of_rows(p, "a probe file, e.g. experiments/probes/probe.toml",
                   "the encoders' preset and the data sizes (default: the file's)",
                   "<runs>/probe/<file>/<row>/<preset>-s<seed>, encoders where train and experiment put them",
                   "fit nothing; table the finished probes")

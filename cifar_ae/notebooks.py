@@ -435,7 +435,7 @@ def accuracy_against_mse(results, name):
     return frontier(record["rows"], f"{name}: {record.get('file', '')}", (record.get("selected") or {}).get("max_val_mse"))
 
 
-def probe_table(results, rows, probe="linear_probe"):
+def probe_table(results, rows, probe="probe"):
     """These rows of the linear probe's generated table (results/<probe>.md, from its probe folders), as Markdown;
     a row not probed yet is named with the command that fits it."""
     from IPython.display import Markdown

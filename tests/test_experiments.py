@@ -305,6 +305,6 @@ def test_the_readme_the_notebook_and_the_main_command_name_the_row_the_hold_out_
     assert f"python -m cifar_ae train {chosen}\n" in (REPO / "README.md").read_text()
     assert f'RECIPE = \\"{chosen}\\"' in (REPO / "notebooks" / "beyond_the_study_v4.ipynb").read_text()
     assert f'NAME = "{chosen}"' in (REPO / "tools" / "time_main_command.py").read_text()
-    assert f'encoder = "{chosen}"' in (REPO / "experiments" / "probes" / "linear_probe.toml").read_text()
+    assert f'encoder = "{chosen}"' in (REPO / "experiments" / "probes" / "probe.toml").read_text()
     assert json.loads((REPO / "results" / "main_command.json").read_text())["command"].endswith(f"train {chosen}"), \
         "rerun python tools/time_main_command.py: results/main_command.json times another row"

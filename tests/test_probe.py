@@ -7,7 +7,7 @@ import pytest
 from cifar_ae import cli
 from cifar_ae.probe import PROBES_DIR, load_probe
 
-PATH = PROBES_DIR / "linear_probe.toml"
+PATH = PROBES_DIR / "probe.toml"
 GROUPS = {"controls-and-v0": ["pixels", "pca-768", "pca-4096", "random-v1", "v0"],
           "v1-and-v3": ["v1", "v1-one-conv", "v3-ae"],
           "joint": ["v2-joint", "v4-honest", "v4-alone"]}
@@ -27,7 +27,7 @@ def test_every_probe_row_builds_its_features_and_fits_on_smoke(group, cifar_dir,
     rows = GROUPS[group]
     assert _probe(tmp_path, rows) == 0, capsys.readouterr().err[-2000:]
     capsys.readouterr()
-    record = json.loads((tmp_path / "tables" / "linear_probe.json").read_text())
+    record = json.loads((tmp_path / "tables" / "probe.json").read_text())
     assert [r["row"] for r in record["rows"]] == rows
     for r in record["rows"]:
         assert 0.0 <= r["test_accuracy"] <= 1.0 and r["C"][0] in load_probe(PATH).C, r
@@ -36,13 +36,13 @@ def test_every_probe_row_builds_its_features_and_fits_on_smoke(group, cifar_dir,
     if group == "controls-and-v0":
         assert dims["pixels"] == 3072 and dims["v0"] == 768
         assert dims["pca-4096"] <= 256  # capped by the smoke training set's rank, and said so in its config
-        config = json.loads((tmp_path / "probe" / "linear_probe" / "pca-4096" / "smoke-s0" / "config.json").read_text())
+        config = json.loads((tmp_path / "probe" / "probe" / "pca-4096" / "smoke-s0" / "config.json").read_text())
         assert config["features"]["components_asked"] == 4096
         # a second call fits nothing: every probe folder is reused, and the table is the same
-        before = (tmp_path / "tables" / "linear_probe.md").read_text()
+        before = (tmp_path / "tables" / "probe.md").read_text()
         assert _probe(tmp_path, rows) == 0
         assert "[probe " not in capsys.readouterr().out
-        assert (tmp_path / "tables" / "linear_probe.md").read_text() == before
+        assert (tmp_path / "tables" / "probe.md").read_text() == before
     if group == "v1-and-v3":
         assert dims["v1"] == dims["v1-one-conv"] == 8 * 8 * 64
 
@@ -70,7 +70,7 @@ def test_a_row_names_its_encoders_runs_and_a_bad_one_is_a_one_line_error(tmp_pat
 
 def test_a_notebook_shows_its_probe_rows_from_the_generated_table(tmp_path, capsys):
     from cifar_ae import notebooks as nb
-    (tmp_path / "linear_probe.md").write_text("# t\n\n| row | features |\n|---|---|\n| pixels | pixels |\n| v0 | encoder |\n")
+    (tmp_path / "probe.md").write_text("# t\n\n| row | features |\n|---|---|\n| pixels | pixels |\n| v0 | encoder |\n")
     shown = nb.probe_table(tmp_path, ["v0", "random-v1"]).data
     assert "| v0 | encoder |" in shown and "pixels" not in shown and shown.startswith("| row |")
     assert "not probed yet: random-v1" in capsys.readouterr().out
