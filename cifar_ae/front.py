@@ -43,7 +43,7 @@ def headline_rows(results) -> list:
     v4, port = _row(results, "v4", "lead", "full"), _row(results, "v4", "airbench94", "full")
     honest = json.loads((results / "v4_honest.json").read_text())
     selected, confirmed = honest.get("selected") or {}, results / "v4_confirm.json"
-    status = (f"provisional: {len(selected.get('not_run', []))} candidates not run" if selected.get("provisional")
+    status = (f"provisional: {', '.join(selected.get('not_run', []))} not run yet" if selected.get("provisional")
               else "final") + ("" if confirmed.is_file() else "; its confirmation on fresh seeds is open")
     chosen = [(f"v4 honest joint, chosen on the hold-out ({status}): v4_honest/{r['row']}, a selection run", r,
                "v4_honest") for r in honest["rows"]
