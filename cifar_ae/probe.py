@@ -25,6 +25,7 @@ import numpy as np
 
 from .data import CLASS_NAMES, STUDY_REDUCED_CLASSES
 from .evaluate import write_json_atomic, write_text_atomic
+from .runs import variant_name
 from .trials import PRESETS, Trial, TrialError, check_seed
 
 PROBES_DIR = Path(__file__).resolve().parent.parent / "experiments" / "probes"
@@ -170,7 +171,6 @@ def encoder_run(reference, preset, seed, runs_root, epochs=None, variant=None) -
         experiment = load_experiment(EXPERIMENTS_DIR / f"{stem}.toml")
         return run_experiment(experiment, [row], [seed], preset, runs_root)[0]
     from .training import run_trial
-    from .runs import variant_name
     name = variant_name(f"max{epochs}" if epochs else "", variant)
     return run_trial(reference, preset, seed, out_dir=runs_root, verbose=0, epochs=epochs, variant=name)
 
