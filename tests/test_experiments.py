@@ -1,5 +1,6 @@
 """Experiments as data (cifar_ae.experiments): every file reads and builds, every committed run folder is the run
 its row defines, tables regenerate from run folders, and a new row trains through the runner with no code change."""
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -44,7 +45,6 @@ def test_every_formerly_registered_trial_is_a_row():
 
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_each_row_changes_only_what_its_changes_name(name):
-    import dataclasses
     for row in EXPERIMENTS[name].rows.values():
         if row.parent not in EXPERIMENTS[name].rows:
             continue
@@ -298,6 +298,12 @@ def test_the_confirmation_confirms_the_hold_outs_choice_on_fresh_seeds_at_each_m
         per_epoch = trial_flops(row.trial) * images / 1e15
         assert row.epochs * per_epoch <= goal["pflops"] < (row.epochs + 1) * per_epoch, (row.name, per_epoch)
         assert goal["recon_mse"] == selection.select_max_val_mse and goal["seeds"] == len(confirm.seeds)
+    # the confirmation's JSON records the selection runs apart from its own, and says whether its seeds are fresh
+    confirms = X.confirmed_selection(confirm, RESULTS / "runs")
+    assert confirms["row"] == f"v4_honest:{chosen}" and confirms["fresh_seeds"] and confirms["runs"]
+    assert all(f"/v4_honest/{chosen}/" in run for run in confirms["runs"])
+    assert X.confirmed_selection(dataclasses.replace(confirm, seeds=(0, 10)), RESULTS / "runs")["fresh_seeds"] is False
+    assert X.confirmed_selection(selection, RESULTS / "runs") is None  # a selection file confirms nothing
 
 
 def test_the_readme_the_notebook_and_the_main_command_name_the_row_the_hold_out_chose():
