@@ -443,26 +443,24 @@ def select_row(rows, max_val_mse) -> dict | None:
 
 def confirmed_selection(experiment, runs_root) -> dict | None:
     """For a confirmation file (its rows' parent is a row of a file with a selection protocol, e.g.
-    "v4_honest:recon80"): the selection runs it confirms, recorded apart from its own runs, and whether its seeds are
-    fresh (none took part in choosing). None for any other file."""
-    parents = {row.parent for row in experiment.rows.values() if row.parent and ":" in row.parent}
-    selections = [(parent, load_experiment(EXPERIMENTS_DIR / f"{parent.partition(':')[0]}.toml"))
-                  for parent in sorted(parents)]
-    selections = [(parent, other) for parent, other in selections if other.select_max_val_mse is not None]
+    "v4_honest:recon80"): the selection runs of the row it confirms, recorded apart from its own runs, and whether its
+    seeds are fresh (no run of the selection, of any candidate row, used them). None for any other file."""
+    found = {row.parent: find_row(row.parent) for row in experiment.rows.values() if row.parent and ":" in row.parent}
+    selections = {parent: found_row for parent, found_row in found.items() if found_row[0].select_max_val_mse is not None}
     if not selections:
         return None
     if len(selections) > 1:
         raise ExperimentError(f"experiments/{experiment.name}.toml confirms {len(selections)} selections "
-                              f"({', '.join(p for p, _ in selections)}); a confirmation file confirms one.")
-    parent, other = selections[0]
-    row = parent.partition(":")[2]
-    found = [s for name, p, s in collect(other, runs_root, other.preset) if name == row]
-    chosen = found[0] if found else None
-    seeds = chosen["seeds"] if chosen else []
-    return {"row": parent, "preset": other.preset, "table": f"results/{other.name}.md", "seeds": seeds,
-            "runs": chosen["runs"] if chosen else [],
-            "val_accuracy_last": chosen and chosen["val_accuracy_last"], "val_recon_mse": chosen and chosen["val_recon_mse"],
-            "confirmation_seeds": list(experiment.seeds), "fresh_seeds": not set(seeds) & set(experiment.seeds)}
+                              f"({', '.join(sorted(selections))}); a confirmation file confirms one.")
+    (parent, (other, row)), = selections.items()
+    candidates = collect(other, runs_root, other.preset)
+    chosen = next((s for name, _, s in candidates if name == row.name), None)
+    used = {seed for _, _, s in candidates for seed in s["seeds"]}
+    return {"row": parent, "preset": other.preset, "table": f"results/{other.name}.md",
+            "seeds": chosen["seeds"] if chosen else [], "runs": chosen["runs"] if chosen else [],
+            "val_accuracy_last": chosen["val_accuracy_last"] if chosen else None,
+            "val_recon_mse": chosen["val_recon_mse"] if chosen else None,
+            "confirmation_seeds": list(experiment.seeds), "fresh_seeds": not used & set(experiment.seeds)}
 
 
 def table(experiment, runs_root, preset=None, command=None) -> tuple[str, dict]:
