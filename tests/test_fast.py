@@ -207,3 +207,23 @@ def test_the_exact_port_trains_as_a_classifier_on_smoke(tmp_path, cifar_dir):
     assert 0 <= m["test_accuracy"] <= 1 and "test_accuracy_without_tta" in m and m.get("recon_mse") is None
     model = keras.saving.load_model(run / "model.keras", safe_mode=True, compile=False)
     assert not model.get_layer("whiten").trainable and model.output_names == ["label"]
+
+
+def test_the_committed_port_reconciliation_regenerates_with_its_verdict(cifar_dir):
+    """results/airbench94_flops.md is the tool's output from the committed runs, byte for byte, and its verdict on the
+    port at airbench94's compute follows from the run's accuracy and the bar (not typed in)."""
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(repo / "tools"))
+    import airbench_flops
+    text, record = airbench_flops.report()
+    assert text == (repo / "results" / "airbench94_flops.md").read_text()
+    exact = record["port"][1]
+    verdict = record["exact_against_published"]
+    if exact.get("test_accuracy") is None:
+        assert verdict is None
+    else:
+        gap = airbench_flops.PUBLISHED["test_accuracy"] - exact["test_accuracy"]
+        assert verdict["met"] == (gap <= airbench_flops.WITHIN)
+        assert ("**met**" in text) == verdict["met"] and ("**not met**" in text) != verdict["met"]
